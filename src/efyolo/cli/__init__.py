@@ -1,0 +1,66 @@
+"""The ``efyolo`` command line: a thin dispatcher over the library.
+
+Each subcommand lives in its own module (``efyolo.cli.<name>``) exposing
+``add_parser(subparsers)`` and ``run(args) -> int``. This module only parses the first word,
+delegates, and maps :class:`efyolo.errors.EfyoloError` to one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from efyolo.errors import EfyoloError
+
+# Subcommand name -> module under efyolo.cli. Modules are imported lazily so that
+# `efyolo profile` does not pay for importing the training stack.
+SUBCOMMANDS = {
+    "profile": "efyolo.cli.profile",
+    "val": "efyolo.cli.val",
+    "convert": "efyolo.cli.convert",
+    "synth": "efyolo.cli.synth",
+    "train": "efyolo.cli.train",
+    "detect": "efyolo.cli.detect",
+    "export": "efyolo.cli.export",
+    "benchmark": "efyolo.cli.benchmark",
+}
+
+
+def _available_subcommands() -> dict[str, object]:
+    modules = {}
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # a real missing dependency inside the module
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efyolo", description="YOLOv5 object detection with EfficientFormer backbones."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module in _available_subcommands().values():
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EfyoloError as err:
+        print(f"efyolo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"efyolo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
