@@ -1,0 +1,1 @@
+"""Data: dataset configs, YOLO labels, augmentations, the synthetic dataset."""

@@ -1,0 +1,1 @@
+"""Engine: loss, evaluator, trainer, predictor."""

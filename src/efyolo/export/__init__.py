@@ -1,0 +1,1 @@
+"""Export: ONNX, OpenVINO, TorchScript, CoreML, and runtime backends."""

@@ -1,0 +1,25 @@
+"""Building a registered backbone by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from efyolo.models.registry import BACKBONES
+
+
+def build_backbone(name: str, weights: str | Path | None = None, **kwargs) -> nn.Module:
+    """Build a registered backbone, optionally loading ImageNet weights from a local file.
+
+    Args:
+        name: a registered name, e.g. ``"efficientformer_l1"`` (see ``efyolo.models.BACKBONES``).
+        weights: a local checkpoint (official or timm layout, ``.pth``/``.pt``/``.safetensors``).
+        **kwargs: passed to the backbone's factory (e.g. ``drop_path_rate``).
+
+    Returns:
+        An ``nn.Module`` whose ``forward(x: Tensor[B, 3, H, W])`` returns a list of feature maps
+        ``[B, C_i, H / s_i, W / s_i]`` with ``C_i = backbone.channels[i]`` and
+        ``s_i = backbone.strides[i]`` (``[8, 16, 32]``); H and W must be multiples of 32.
+    """
+    return BACKBONES.get(name)(weights=weights, **kwargs)

@@ -1,0 +1,1 @@
+"""Ops: box formats, IoU, NMS."""
