@@ -23,3 +23,21 @@ def build_backbone(name: str, weights: str | Path | None = None, **kwargs) -> nn
         ``s_i = backbone.strides[i]`` (``[8, 16, 32]``); H and W must be multiples of 32.
     """
     return BACKBONES.get(name)(weights=weights, **kwargs)
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights into the registered backbone inside a detection model.
+
+    Raises:
+        EfyoloError: the model has no backbone row, or the file does not fit the backbone.
+    """
+    from efyolo.errors import EfyoloError
+
+    backbones = [m for m in getattr(model, "model", []) if getattr(m, "type", None) == "Backbone"]
+    if not backbones:
+        raise EfyoloError(f"--backbone-weights {path}: this model has no registered backbone (a Backbone row)")
+    backbone = backbones[0]
+    loader = getattr(backbone, "load_pretrained", None)
+    if loader is None:
+        raise EfyoloError(f"--backbone-weights {path}: backbone {type(backbone).__name__} cannot load weights")
+    loader(path)

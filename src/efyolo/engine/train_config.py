@@ -1,0 +1,136 @@
+"""Training options (:class:`TrainConfig`) and hyperparameters (YOLOv5's YAML keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from efyolo.errors import EfyoloError
+
+# `efyolo train` without --data: the built-in synthetic dataset and a detector sized for a CPU.
+# These values replace the generic defaults only for options the user did not set.
+DEMO_DEFAULTS = {"model": "yolov5n-efficientformer-l0", "imgsz": 320, "epochs": 30, "batch": 16}
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``efyolo train`` (the CLI maps its flags one to one onto these fields).
+
+    Attributes:
+        data: dataset YAML; ``None`` uses the built-in synthetic dataset (generated once, cached).
+        model: model name or YAML (ignored with ``weights``, whose checkpoint carries its model).
+        imgsz: training and validation size (a multiple of the model stride).
+        epochs: total epochs.
+        batch: total batch size (split across DDP processes).
+        device: ``""`` (auto), ``cpu``, ``0``, ``0,1``.
+        workers: DataLoader workers per process.
+        optimizer: ``SGD``, ``AdamW``, ``Adam`` or ``auto`` (AdamW for short schedules, else SGD).
+        lr0: initial learning rate (overrides the hyp file; ``None``: hyp or the ``auto`` rule).
+        hyp: hyperparameter YAML (YOLOv5 keys), merged over the built-in defaults, or a dict.
+        weights: an efyolo checkpoint to start from (fine-tuning).
+        backbone_weights: ImageNet weights for the registered backbone (official or timm layout).
+        freeze: freeze the first N model rows (``-1``/``None``: nothing; ``backbone``: the backbone).
+        patience: stop after this many epochs without fitness improvement (0: never).
+        cos_lr: cosine instead of linear learning-rate decay.
+        close_mosaic: switch mosaic off for the last N epochs.
+        project, name, exist_ok: the run folder ``project/name`` (numbered like YOLOv5).
+        seed: seed of model init, data order and augmentation.
+        resume: ``True`` (latest ``last.pt`` under ``project``) or a path to ``last.pt``.
+        sync_bn: SyncBatchNorm under DDP.
+        cache: decode and resize every image into RAM once (``None``: when the dataset is small).
+        amp: mixed precision on CUDA.
+        val: validate every epoch (always at the end).
+        nbs: nominal batch size (gradient accumulation up to it).
+        max_det, conf, iou: validation NMS settings.
+        verbose: per-class table at the end.
+        synth: parameters of the synthetic dataset when ``data`` is None.
+    """
+
+    data: str | None = None
+    model: str = "yolov5s"
+    imgsz: int = 640
+    epochs: int = 100
+    batch: int = 16
+    device: str = ""
+    workers: int = 2
+    optimizer: str = "auto"
+    lr0: float | None = None
+    hyp: str | dict | None = None
+    weights: str | None = None
+    backbone_weights: str | None = None
+    freeze: Any = None
+    patience: int = 50
+    cos_lr: bool = False
+    close_mosaic: int = 5
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    seed: int = 0
+    resume: Any = False
+    sync_bn: bool = False
+    cache: bool | None = None
+    amp: bool = True
+    val: bool = True
+    nbs: int = 64
+    conf: float = 0.001
+    iou: float = 0.6
+    max_det: int = 300
+    verbose: bool = False
+    synth: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "TrainConfig":
+        """Build from keyword arguments, applying :data:`DEMO_DEFAULTS` when ``data`` is not given."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise EfyoloError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        if given.get("data") is None and not given.get("resume"):
+            for key, value in DEMO_DEFAULTS.items():
+                given.setdefault(key, value)
+        return cls(**given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_hyp() -> dict[str, Any]:
+    text = resources.files("efyolo").joinpath("cfg", "hyp.default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_hyp(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The built-in hyperparameters updated with ``hyp`` (a YAML path or a mapping).
+
+    Unknown keys are an error naming the key (a typo would otherwise be silently ignored).
+    """
+    out = default_hyp()
+    if hyp is None:
+        return out
+    source = "hyp"
+    if not isinstance(hyp, Mapping):
+        path = Path(hyp)
+        source = str(path)
+        if not path.is_file():
+            raise EfyoloError(f"hyperparameter file {path} does not exist")
+        try:
+            hyp = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise EfyoloError(f"hyperparameter file {path}{where} is not valid YAML") from None
+        if not isinstance(hyp, Mapping):
+            raise EfyoloError(f"hyperparameter file {path} must be a mapping of keys to numbers")
+    for key, value in hyp.items():
+        if key not in out:
+            raise EfyoloError(f"{source}: unknown hyperparameter {key!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise EfyoloError(f"{source}: hyperparameter {key!r} must be a number, got {value!r}")
+        out[key] = float(value)
+    return out

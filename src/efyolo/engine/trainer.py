@@ -1,0 +1,510 @@
+"""The training loop: ``efyolo train`` and ``efyolo.train(...)``.
+
+One :class:`Trainer` holds the state of a run (model, EMA, optimizer, data, epoch) and moves it
+forward epoch by epoch: ``setup()`` builds everything (or restores it from ``last.pt``),
+``train_epoch()`` runs the optimisation, ``validate()`` scores the EMA weights, ``save()`` writes
+the checkpoints. Only rank 0 writes files and logs under DDP.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from efyolo.engine import distributed as ddp
+from efyolo.engine.checkpoint import load_checkpoint, save_checkpoint
+from efyolo.engine.ema import ModelEMA, unwrap
+from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
+from efyolo.engine.select_device import select_device
+from efyolo.engine.train_config import TrainConfig, load_hyp
+from efyolo.errors import EfyoloError
+
+LOGGER = logging.getLogger("efyolo")
+RESULT_COLUMNS = (
+    "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "precision", "recall", "mAP50", "mAP50-95",
+    "val/box_loss", "val/obj_loss", "val/cls_loss", "lr/pg0", "lr/pg1", "lr/pg2", "time",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves: its folder, checkpoints and final metrics (of ``best.pt``)."""
+
+    save_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epochs_run: int = 0
+
+
+def find_last_checkpoint(project: str | Path) -> Path:
+    """The most recently written ``last.pt`` below ``project`` (for ``--resume`` without a path)."""
+    candidates = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise EfyoloError(f"--resume: no last.pt found under {project}; pass the checkpoint path")
+    return candidates[-1]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
+    """Load the tensors whose names and shapes match (fine-tuning on other classes); returns the count."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+class Trainer:
+    """A training run. ``Trainer(TrainConfig(...)).train()`` or ``efyolo.train(...)``."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dist = ddp.dist_info()
+        self.log = sys.stdout if self.dist.is_main else None
+        self.resume_ckpt: dict[str, Any] | None = None
+        self.start_epoch = 0
+        self.best_fitness = -1.0
+        self.epochs_without_improvement = 0
+        self.stop = False
+
+    # ------------------------------------------------------------------------------- setup
+    def _print(self, *args: Any) -> None:
+        if self.log is not None:
+            print(*args, file=self.log, flush=True)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.resume:
+            self._load_resume()
+            cfg = self.cfg
+        self.device = self._device()
+        ddp.init_distributed(self.dist, self.device)
+        self.save_dir = self._save_dir()
+        self.wdir = self.save_dir / "weights"
+        self._seed(cfg.seed)
+        self.hyp = load_hyp(cfg.hyp)
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimisation()
+        if self.resume_ckpt is not None:
+            self._restore_state(self.resume_ckpt)
+        if self.dist.is_main:
+            self._write_run_files()
+
+    def _device(self) -> torch.device:
+        if self.dist.enabled and torch.cuda.is_available() and self.cfg.device != "cpu":
+            torch.cuda.set_device(self.dist.local_rank)
+            return torch.device("cuda", self.dist.local_rank)
+        if self.dist.enabled:
+            return torch.device("cpu")
+        return select_device(self.cfg.device)
+
+    def _save_dir(self) -> Path:
+        from efyolo.engine.runs import increment_path
+
+        if self.resume_ckpt is not None:
+            return self.resume_path.parent.parent
+        path = None
+        if self.dist.is_main:
+            path = increment_path(Path(self.cfg.project) / self.cfg.name, exist_ok=self.cfg.exist_ok, mkdir=True)
+        return Path(ddp.broadcast_object(str(path) if path else None))
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def _load_resume(self) -> None:
+        cfg = self.cfg
+        path = Path(cfg.resume) if isinstance(cfg.resume, (str, Path)) and cfg.resume not in ("", "True") else None
+        path = path or find_last_checkpoint(cfg.project)
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt or "train_args" not in ckpt:
+            raise EfyoloError(f"--resume {path}: not a last.pt of an unfinished run (no optimizer state)")
+        if ckpt.get("finished"):
+            raise EfyoloError(f"--resume {path}: that run already finished all {ckpt['train_args']['epochs']} epochs")
+        args = dict(ckpt["train_args"])
+        # The machine may differ: keep this invocation's device and workers.
+        args.update(device=cfg.device, workers=cfg.workers, resume=False)
+        self.cfg = TrainConfig(**args)
+        self.resume_ckpt, self.resume_path = ckpt, path
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self._print(f"Resuming {path} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
+
+    def _setup_data(self) -> None:
+        from efyolo.data.config import load_data_config
+        from efyolo.data.dataset import scan_split
+        from efyolo.data.loader import DetectionDataset, build_dataloader
+
+        cfg = self.cfg
+        if cfg.data is None:
+            from efyolo.data.synth import default_dataset
+
+            if self.dist.is_main:
+                path = default_dataset(**cfg.synth)
+            ddp.barrier()
+            path = default_dataset(**cfg.synth)
+            cfg.data = str(path)
+            self._print(f"Using the built-in synthetic dataset: {path}")
+        self.data_cfg = load_data_config(cfg.data)
+        self.names = list(self.data_cfg.names)
+        train_index = scan_split(self.data_cfg, "train")
+        val_index = scan_split(self.data_cfg, "val")
+        self._print(train_index.summary())
+        self._print(val_index.summary())
+        world = self.dist.world_size
+        if cfg.batch < world:
+            raise EfyoloError(f"--batch {cfg.batch} is smaller than the number of processes {world}")
+        self.batch_per_rank = cfg.batch // world
+        cache = cfg.cache if cfg.cache is not None else len(train_index) * cfg.imgsz**2 * 3 < 2 * 2**30
+        self.stride = 32
+        self.train_set = DetectionDataset(
+            train_index, cfg.imgsz, augment=True, hyp=self.hyp, stride=self.stride, seed=cfg.seed, cache_images=cache
+        )
+        self.train_loader = build_dataloader(
+            self.train_set, self.batch_per_rank, cfg.workers, shuffle=True, seed=cfg.seed,
+            rank=self.dist.rank, world_size=world,
+        )
+        self.val_loader = None
+        if self.dist.is_main:
+            val_set = DetectionDataset(
+                val_index, cfg.imgsz, rect=True, batch_size=self.batch_per_rank * 2, stride=self.stride,
+                cache_images=cache,
+            )
+            self.val_loader = build_dataloader(val_set, self.batch_per_rank * 2, cfg.workers, shuffle=False)
+
+    def _setup_model(self) -> None:
+        from efyolo.engine.autoanchor import check_anchors, label_wh_from_dataset
+        from efyolo.engine.loss import ComputeLoss, scale_loss_gains
+        from efyolo.engine.profiler import parse_imgsz
+        from efyolo.models import DetectionModel, build_model
+        from efyolo.models.backbone import load_backbone_weights
+
+        cfg, nc = self.cfg, len(self.names)
+        if self.resume_ckpt is not None:
+            model = DetectionModel(self.resume_ckpt["model_config"], nc=nc)
+        elif cfg.weights:
+            ckpt = load_checkpoint(cfg.weights)
+            model = DetectionModel(ckpt["model_config"], nc=nc)
+            n = _transfer_weights(model, ckpt["state_dict"])
+            self._print(f"Transferred {n}/{len(model.state_dict())} tensors from {cfg.weights}")
+        else:
+            model = build_model(cfg.model, nc=nc)
+        if cfg.backbone_weights and self.resume_ckpt is None:
+            load_backbone_weights(model, cfg.backbone_weights)
+            self._print(f"Loaded backbone weights from {cfg.backbone_weights}")
+        model.names = self.names
+        self.stride = model.max_stride
+        parse_imgsz(cfg.imgsz, self.stride)
+        self._freeze(model)
+        if self.resume_ckpt is None:
+            wh = label_wh_from_dataset(
+                self.train_set.index.shapes[:, ::-1].astype(float), self.train_set.index.labels, cfg.imgsz,
+                np.random.default_rng(cfg.seed),
+            )
+            report = check_anchors(model.detect, wh, thr=self.hyp["anchor_t"], imgsz=cfg.imgsz, seed=cfg.seed,
+                                   verbose=self.dist.is_main)
+            self._print(f"AutoAnchor: best possible recall {report.bpr_before:.4f}"
+                        + (f" -> {report.bpr_after:.4f} with new anchors" if report.replaced else ""))
+        model = model.to(self.device)
+        if self.dist.enabled and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.loss_hyp = scale_loss_gains(self.hyp, nc, model.detect.nl, cfg.imgsz)
+        self.compute_loss = ComputeLoss(model.detect, self.loss_hyp)
+
+    def _freeze(self, model: nn.Module) -> None:
+        freeze = self.cfg.freeze
+        if freeze in (None, -1, "", 0, "0"):
+            return
+        if freeze == "backbone":
+            rows = [m.i for m in model.model if getattr(m, "type", None) == "Backbone"]
+            if not rows:
+                raise EfyoloError(f"--freeze backbone: model {self.cfg.model} has no registered backbone row")
+            prefixes = [f"model.{rows[0]}."]
+        else:
+            try:
+                n = int(freeze)
+            except (TypeError, ValueError):
+                raise EfyoloError(f"--freeze {freeze!r}: expected a number of rows or 'backbone'") from None
+            prefixes = [f"model.{i}." for i in range(n)]
+        count = 0
+        for name, p in model.named_parameters():
+            if any(name.startswith(x) for x in prefixes):
+                p.requires_grad_(False)
+                count += 1
+        self._print(f"Froze {count} parameter tensors ({', '.join(x.rstrip('.') for x in prefixes[:3])}...)")
+
+    def _setup_optimisation(self) -> None:
+        cfg, hyp = self.cfg, self.hyp
+        self.nb = len(self.train_loader)
+        total_iters = self.nb * cfg.epochs
+        self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
+        weight_decay = hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
+        name, lr0 = cfg.optimizer, cfg.lr0
+        if name == "auto":
+            # Short schedules learn far better with AdamW (see README, "Small datasets").
+            name = "AdamW" if total_iters < 10_000 else "SGD"
+            if lr0 is None and name == "AdamW":
+                lr0 = round(0.002 * 5 / (4 + len(self.names)), 6)
+        self.optimizer_name = name
+        self.lr0 = float(lr0 if lr0 is not None else hyp["lr0"])
+        self.optimizer = build_optimizer(
+            unwrap(self.model), name, self.lr0, hyp["momentum"], weight_decay, hyp["backbone_lr_mult"]
+        )
+        # AdamW does not want SGD's large initial bias learning rate.
+        self.warmup_bias_lr = hyp["warmup_bias_lr"] if name == "SGD" else 0.0
+        self.lf = lr_lambda(cfg.epochs, hyp["lrf"], cfg.cos_lr)
+        # Warmup: YOLOv5's max(warmup_epochs, 100 iterations), but never more than a third of the run.
+        nw = max(round(hyp["warmup_epochs"] * self.nb), 100) if hyp["warmup_epochs"] > 0 else 0
+        self.nw = min(nw, total_iters // 3)
+        self.ema = ModelEMA(self.model) if self.dist.is_main else None
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self._print(
+            f"optimizer: {name}(lr={self.lr0:g}, momentum={hyp['momentum']}) with parameter groups "
+            f"{[g['name'] for g in self.optimizer.param_groups]}, weight_decay={weight_decay:g}, "
+            f"accumulate {self.accumulate} batches (nominal batch {cfg.nbs}), warmup {self.nw} iterations"
+        )
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _restore_state(self, ckpt: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["state_dict"])
+            self.ema.updates = int(ckpt["ema_updates"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.best_fitness = float(ckpt.get("best_fitness", -1.0))
+        self.epochs_without_improvement = int(ckpt.get("epochs_without_improvement", 0))
+        _set_rng_state(ckpt["rng"])
+
+    def _write_run_files(self) -> None:
+        import yaml
+
+        from efyolo.engine.train_plots import plot_labels
+
+        args = self.cfg.to_dict()
+        (self.save_dir / "args.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
+        (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
+        if self.resume_ckpt is None:
+            plot_labels(self.train_set.index.labels, self.names, self.save_dir / "labels.jpg")
+
+    # ------------------------------------------------------------------------------- loop
+    def train(self) -> TrainResult:
+        """Run (or resume) the whole schedule, then validate ``best.pt``; returns the run's result."""
+        self.setup()
+        cfg = self.cfg
+        t0 = time.time()
+        self._print(f"Training {cfg.epochs - self.start_epoch} epochs at imgsz {cfg.imgsz}, batch {cfg.batch}; "
+                    f"results in {self.save_dir}")
+        epoch = self.start_epoch
+        for epoch in range(self.start_epoch, cfg.epochs):
+            train_losses = self.train_epoch(epoch)
+            if self.dist.is_main:
+                final_epoch = epoch + 1 == cfg.epochs
+                evaluation = self.validate() if (cfg.val or final_epoch) else None
+                self.record(epoch, train_losses, evaluation, time.time() - t0)
+                self.save(epoch, evaluation, finished=final_epoch)
+            self.stop = bool(ddp.broadcast_object(self.stop))
+            if self.stop:
+                self._print(f"Stopping early: no improvement for {cfg.patience} epochs")
+                break
+        result = TrainResult(self.save_dir, self.wdir / "best.pt", self.wdir / "last.pt", {}, epoch + 1)
+        if self.dist.is_main:
+            result.metrics = self.final_validation()
+            self._print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 60:.1f} minutes")
+        ddp.barrier()
+        return result
+
+    def _set_lr(self, epoch: int, ni: int) -> None:
+        hyp = self.hyp
+        progress = ni / self.nw if self.nw and ni <= self.nw else None
+        set_learning_rates(self.optimizer, self.lr0, self.lf(epoch), progress, self.warmup_bias_lr,
+                           hyp["momentum"], hyp["warmup_momentum"])
+
+    def train_epoch(self, epoch: int) -> np.ndarray:
+        """One pass over the training data; returns the mean (box, obj, cls) loss."""
+        cfg = self.cfg
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic and self.train_set.mosaic:
+            self.train_set.close_mosaic()
+            self._print("Closing mosaic for the last epochs")
+        loader = self.train_loader
+        loader.generator.manual_seed(cfg.seed + epoch)  # the epoch's order depends on the epoch only
+        if self.dist.enabled:
+            loader.sampler.set_epoch(epoch)
+        mean_loss = torch.zeros(3)
+        bar = tqdm(enumerate(loader), total=self.nb, disable=not self.dist.is_main, file=sys.stderr,
+                   bar_format="{l_bar}{bar:10}{r_bar}", desc=f"{epoch + 1}/{cfg.epochs}")
+        self.optimizer.zero_grad()
+        last_step = -1
+        for i, (imgs, targets, _, _) in bar:
+            ni = i + self.nb * epoch
+            self._set_lr(epoch, ni)
+            accumulate = self.accumulate
+            if self.nw and ni <= self.nw:
+                accumulate = max(1, int(np.interp(ni, [0, self.nw], [1, self.accumulate]).round()))
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255.0
+            with torch.autocast(self.device.type, enabled=self.amp):
+                preds = self.model(imgs)
+                loss, items = self.compute_loss(preds, targets.to(self.device))
+            if self.dist.enabled:
+                loss = loss * self.dist.world_size  # DDP averages gradients across processes
+            self.scaler.scale(loss).backward()
+            if ni - last_step >= accumulate or i == self.nb - 1:
+                self.optimizer_step()
+                last_step = ni
+            mean_loss = (mean_loss * i + items.cpu()) / (i + 1)
+            if self.dist.is_main:
+                bar.set_postfix_str(
+                    f"box {mean_loss[0]:.4f} obj {mean_loss[1]:.4f} cls {mean_loss[2]:.4f} "
+                    f"inst {targets.shape[0]} size {imgs.shape[-1]}"
+                )
+            if not math.isfinite(float(loss.detach())):
+                raise RuntimeError(f"training loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i}; "
+                                   "lower --lr0 or check the labels")
+        return mean_loss.numpy()
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # ------------------------------------------------------------------------------- eval/save
+    def validate(self):
+        from efyolo.engine.validator import evaluate
+
+        assert self.ema is not None and self.val_loader is not None
+        return evaluate(
+            self.ema.ema, self.val_loader, self.names, self.device, self.cfg.conf, self.cfg.iou, self.cfg.max_det,
+            loss_fn=self.compute_loss, progress=True, desc="  val",
+        )
+
+    def record(self, epoch: int, train_losses: np.ndarray, evaluation: Any, elapsed: float) -> None:
+        """Append one row to results.csv, update best fitness and the early-stopping counter."""
+        r = evaluation.result if evaluation is not None else None
+        val_loss = evaluation.loss if evaluation is not None and evaluation.loss is not None else [float("nan")] * 3
+        lrs = [g["lr"] for g in self.optimizer.param_groups][:3]
+        lrs += [float("nan")] * (3 - len(lrs))
+        metrics = [r.precision, r.recall, r.map50, r.map] if r is not None else [float("nan")] * 4
+        row = [epoch + 1, *train_losses.tolist(), *metrics, *list(map(float, val_loss)), *lrs, round(elapsed, 1)]
+        path = self.save_dir / "results.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(RESULT_COLUMNS)
+            writer.writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
+        if r is not None:
+            self._print(f"  val: P {r.precision:.3f}  R {r.recall:.3f}  mAP50 {r.map50:.3f}  mAP50-95 {r.map:.3f}")
+            self.improved = r.fitness > self.best_fitness
+            if self.improved:
+                self.best_fitness, self.epochs_without_improvement = r.fitness, 0
+            else:
+                self.epochs_without_improvement += 1
+            if self.cfg.patience and self.epochs_without_improvement >= self.cfg.patience:
+                self.stop = True
+        else:
+            self.improved = False
+
+    def _payload(self, epoch: int, evaluation: Any) -> dict[str, Any]:
+        assert self.ema is not None
+        return {
+            "model_config": unwrap(self.model).yaml,
+            "state_dict": {k: v.detach().cpu() for k, v in self.ema.ema.state_dict().items()},
+            "names": self.names,
+            "imgsz": self.cfg.imgsz,
+            "epoch": epoch,
+            "train_args": self.cfg.to_dict(),
+            "hyp": self.hyp,
+            "metrics": evaluation.result.to_dict() if evaluation is not None else {},
+            "best_fitness": self.best_fitness,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def save(self, epoch: int, evaluation: Any, finished: bool = False) -> None:
+        """``last.pt`` (everything needed to resume) every epoch; ``best.pt`` when fitness improves."""
+        payload = self._payload(epoch, evaluation)
+        resume_state = {
+            "model_state": {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema_updates": self.ema.updates,
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "rng": _rng_state(),
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "finished": finished or self.stop,
+        }
+        save_checkpoint({**payload, **resume_state}, self.wdir / "last.pt")
+        if self.improved or not (self.wdir / "best.pt").exists():
+            save_checkpoint(payload, self.wdir / "best.pt")
+
+    def final_validation(self) -> dict[str, Any]:
+        """Score ``best.pt`` once more with plots and the per-class table; returns its metrics."""
+        from efyolo.engine.checkpoint import model_from_checkpoint
+        from efyolo.engine.metrics import format_table
+        from efyolo.engine.plots import save_eval_plots
+        from efyolo.engine.train_plots import plot_results
+        from efyolo.engine.validator import evaluate, format_speed
+
+        plot_results(self.save_dir / "results.csv", self.save_dir / "results.png")
+        model = model_from_checkpoint(self.wdir / "best.pt").to(self.device).eval().fuse()
+        evaluation = evaluate(model, self.val_loader, self.names, self.device, self.cfg.conf, self.cfg.iou,
+                              self.cfg.max_det, progress=False)
+        r = evaluation.result
+        self._print(f"Validating {self.wdir / 'best.pt'}...")
+        self._print(format_table(r, verbose=self.cfg.verbose))
+        self._print(format_speed(evaluation.speed, (self.batch_per_rank * 2, 3, self.cfg.imgsz, self.cfg.imgsz)))
+        save_eval_plots(r, self.save_dir)
+        self._print(f"Final mAP50 {r.map50:.4f}  mAP50-95 {r.map:.4f}  (best.pt, {r.n_images} val images)")
+        self._print(f"Results saved to {self.save_dir}")
+        return {**r.to_dict(), "speed": evaluation.speed}
+
+
+def train(**kwargs: Any) -> TrainResult:
+    """Train a detector from Python with the options of ``efyolo train`` (see :class:`TrainConfig`).
+
+    Example::
+
+        result = efyolo.train(data="data.yaml", model="yolov5s-efficientformer-l1", epochs=50, imgsz=640)
+        print(result.metrics["map50"], result.best)
+    """
+    cfg = TrainConfig.from_kwargs(**kwargs)
+    try:
+        return Trainer(cfg).train()
+    finally:
+        ddp.cleanup()

@@ -1,0 +1,197 @@
+"""Running a model over a dataset split and scoring it with the COCO-exact evaluator.
+
+:func:`evaluate` is the loop the trainer calls every epoch; :func:`validate_model` is
+``efyolo val --weights`` (and ``Detector.val``): load a checkpoint, build rectangular batches,
+evaluate, then print, plot and save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from efyolo.data.coco import image_id_from_path
+from efyolo.engine.metrics import DetectionEvaluator, EvalResult
+from efyolo.ops.boxes import scale_boxes, xywhn2xyxy, xyxy2ltwh
+from efyolo.ops.nms import non_max_suppression
+
+LOGGER = logging.getLogger("efyolo")
+
+
+@dataclass
+class Evaluation:
+    """What one pass over a split gives.
+
+    Attributes:
+        result: the metrics.
+        speed: milliseconds per image for ``preprocess``, ``inference`` and ``nms``.
+        loss: mean validation loss items ``(box, obj, cls)`` when a loss function was given.
+        predictions: COCO-results dicts (only when asked for).
+    """
+
+    result: EvalResult
+    speed: dict[str, float]
+    loss: np.ndarray | None = None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Callable[[torch.Tensor], Any],
+    dataloader: torch.utils.data.DataLoader,
+    names: Sequence[str],
+    device: torch.device | str = "cpu",
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 300,
+    half: bool = False,
+    loss_fn: Callable | None = None,
+    collect_json: bool = False,
+    progress: bool = True,
+    desc: str = "val",
+) -> Evaluation:
+    """Predict every image of ``dataloader`` and score against its ground truth.
+
+    Args:
+        model: an ``nn.Module`` in eval mode (``DetectionModel``) or any callable mapping a
+            ``float [B, 3, H, W]`` batch in 0..1 to decoded predictions ``[B, N, 5 + nc]``.
+        dataloader: over a :class:`efyolo.data.loader.DetectionDataset` without augmentation.
+        names: class names.
+        loss_fn: ``(raw_outputs, targets) -> (loss, items)``; needs ``model.forward_train_and_eval``.
+        collect_json: also return COCO-results dicts.
+    """
+    device = torch.device(device)
+    dataset = dataloader.dataset
+    gt_by_path = {r.im_file: r for r in dataset.records}
+    evaluator = DetectionEvaluator(len(names), names)
+    times = np.zeros(3)
+    loss_sum, n_images = None, 0
+    predictions: list[dict[str, Any]] = []
+    dtype = torch.float16 if half else torch.float32
+    for imgs, targets, paths, shapes in tqdm(dataloader, desc=desc, leave=False, disable=not progress):
+        t0 = time.perf_counter()
+        x = imgs.to(device, non_blocking=True).to(dtype) / 255.0
+        t1 = time.perf_counter()
+        if loss_fn is not None:
+            pred, raw = model.forward_train_and_eval(x)
+            items = loss_fn(raw, targets.to(device))[1].detach().cpu().numpy()
+            loss_sum = items if loss_sum is None else loss_sum + items
+        else:
+            pred = model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        dets = non_max_suppression(pred.float(), conf, iou, max_det=max_det)
+        t3 = time.perf_counter()
+        times += (t1 - t0, t2 - t1, t3 - t2)
+        for det, path, (orig_shape, ratio_pad) in zip(dets, paths, shapes):
+            det = det.cpu()
+            boxes = scale_boxes(det[:, :4], x.shape[2:], orig_shape, ratio_pad).numpy()
+            record = gt_by_path[path]
+            h0, w0 = record.shape
+            gt = record.labels
+            gt_boxes = xywhn2xyxy(gt[:, 1:], w0, h0) if len(gt) else np.zeros((0, 4))
+            evaluator.update(boxes, det[:, 4].numpy(), det[:, 5].numpy().astype(int), gt_boxes, gt[:, 0].astype(int))
+            if collect_json:
+                image_id = image_id_from_path(path)
+                for box, score, cls in zip(xyxy2ltwh(boxes), det[:, 4].tolist(), det[:, 5].tolist()):
+                    predictions.append(
+                        {"image_id": image_id, "category_id": int(cls),
+                         "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)}
+                    )
+        n_images += len(paths)
+    speed = dict(zip(("preprocess", "inference", "nms"), (times * 1e3 / max(n_images, 1)).tolist()))
+    loss = loss_sum / max(len(dataloader), 1) if loss_sum is not None else None
+    return Evaluation(evaluator.compute(), speed, loss, predictions)
+
+
+def format_speed(speed: dict[str, float], shape: Sequence[int]) -> str:
+    return (
+        f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "
+        f"{speed['nms']:.1f}ms NMS per image at shape {tuple(shape)}"
+    )
+
+
+def validate_model(
+    weights: str | Path | nn.Module,
+    data: str | Path,
+    imgsz: int = 640,
+    batch: int = 32,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 300,
+    device: str = "",
+    split: str = "val",
+    workers: int = 2,
+    half: bool = False,
+    project: str | Path = "runs/val",
+    name: str = "exp",
+    exist_ok: bool = False,
+    save_json: bool = False,
+    plots: bool = True,
+    verbose: bool = False,
+    cache: bool = True,
+    log: Any = None,
+) -> dict[str, Any]:
+    """``efyolo val --weights``: evaluate a checkpoint on a split of a dataset.
+
+    Returns:
+        The metrics as a dict (``EvalResult.to_dict()`` plus ``speed`` and ``save_dir``).
+    """
+    import sys
+
+    from efyolo.data.config import load_data_config
+    from efyolo.data.dataset import scan_split
+    from efyolo.data.loader import DetectionDataset, build_dataloader
+    from efyolo.engine.predictor import PyTorchBackend, load_backend
+    from efyolo.engine.metrics import format_table
+    from efyolo.engine.profiler import parse_imgsz
+    from efyolo.engine.runs import increment_path
+    from efyolo.engine.select_device import select_device
+
+    out = log or sys.stdout
+    dev = select_device(device)
+    if isinstance(weights, nn.Module):
+        backend = PyTorchBackend(weights, dev, half=half)
+    else:
+        backend = load_backend(weights, device=dev, half=half)
+    stride = int(backend.stride)
+    parse_imgsz(imgsz, stride)
+    # Exported models with a fixed input shape get square batches of that shape.
+    fixed = getattr(backend, "fixed_shape", None)
+    cfg = load_data_config(data)
+    index = scan_split(cfg, split, cache=cache)
+    print(index.summary(), file=out)
+    names = list(cfg.names)
+    if backend.names and len(backend.names) != len(names):
+        from efyolo.errors import EfyoloError
+
+        raise EfyoloError(f"weights {weights} predict {len(backend.names)} classes but {data} has {len(names)}")
+    if fixed is not None:
+        batch, imgsz = fixed[0], fixed[2]
+    dataset = DetectionDataset(index, imgsz, augment=False, rect=fixed is None, batch_size=batch, stride=stride)
+    loader = build_dataloader(dataset, batch, workers, shuffle=False)
+    evaluation = evaluate(backend, loader, names, dev, conf, iou, max_det, half=backend.fp16, collect_json=save_json)
+    result = evaluation.result
+    print(format_table(result, verbose=verbose), file=out)
+    print(format_speed(evaluation.speed, (batch, 3, imgsz, imgsz)), file=out)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    metrics = {**result.to_dict(), "speed": evaluation.speed, "save_dir": str(save_dir), "data": str(data), "split": split}
+    (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if save_json:
+        (save_dir / "predictions.json").write_text(json.dumps(evaluation.predictions))
+    if plots:
+        from efyolo.engine.plots import save_eval_plots
+
+        save_eval_plots(result, save_dir)
+    print(f"Results saved to {save_dir}", file=out)
+    return metrics
