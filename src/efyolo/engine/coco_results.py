@@ -1,0 +1,202 @@
+"""COCO results files (any detector's output) scored against a dataset split.
+
+A results file is a JSON list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+with boxes in pixels of the original image, ``image_id`` the image file's stem (an int when the
+stem is all digits, see :func:`efyolo.data.coco.image_id_from_path`) and ``category_id`` the class
+index. Entries for images that are not in the split, or with a class index outside ``[0, nc)``,
+are skipped with a warning and counted; a malformed file or entry is an
+:class:`~efyolo.errors.EfyoloError` naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from efyolo.data.coco import image_id_from_path, write_json_atomic
+from efyolo.data.dataset import SplitIndex
+from efyolo.engine.metrics import DetectionEvaluator, EvalResult
+from efyolo.errors import EfyoloError
+from efyolo.ops.boxes import ltwh2xyxy, xywhn2xyxy, xyxy2ltwh
+
+LOGGER = logging.getLogger("efyolo")
+
+
+@dataclass
+class Predictions:
+    """A results file as arrays (one row per kept entry).
+
+    Attributes:
+        image_ids: ``[N]`` normalised image ids (int or str).
+        boxes: ``[N, 4]`` float64 xyxy pixels.
+        scores: ``[N]`` float64.
+        labels: ``[N]`` int64 class indices.
+    """
+
+    image_ids: list[int | str]
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class ScoreReport:
+    """The evaluation of a results file and what was skipped.
+
+    Attributes:
+        result: the metrics.
+        n_predictions: entries in the file.
+        unknown_images: entries skipped because their image is not in the split (and which ids,
+            up to 10).
+        bad_classes: entries skipped because their class index is outside ``[0, nc)``.
+    """
+
+    result: EvalResult
+    n_predictions: int
+    unknown_images: int = 0
+    unknown_examples: list[Any] = field(default_factory=list)
+    bad_classes: int = 0
+
+
+def _normalise_id(value: Any) -> int | str:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return int(value) if value.isdigit() else value
+    raise TypeError
+
+
+def read_coco_results(path: str | Path) -> Predictions:
+    """Load and check a COCO results file (see the module docstring).
+
+    Raises:
+        EfyoloError: missing file, malformed JSON, not a list, or an entry without the four keys
+            or with values of the wrong type (named by its index).
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except FileNotFoundError:
+        raise EfyoloError(f"{path}: predictions file not found") from None
+    except json.JSONDecodeError as err:
+        raise EfyoloError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EfyoloError(f"{path}: cannot read: {err}") from None
+    if not isinstance(entries, list):
+        raise EfyoloError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}}")
+    ids, boxes, scores, labels = [], [], [], []
+    for i, e in enumerate(entries):
+        try:
+            ids.append(_normalise_id(e["image_id"]))
+            bbox = e["bbox"]
+            if len(bbox) != 4:
+                raise TypeError
+            boxes.append([float(v) for v in bbox])
+            scores.append(float(e["score"]))
+            cat = e["category_id"]
+            if isinstance(cat, bool) or not float(cat).is_integer():
+                raise TypeError
+            labels.append(int(cat))
+        except KeyError as err:
+            raise EfyoloError(f"{path}: entry {i}: missing {err}") from None
+        except (TypeError, ValueError):
+            raise EfyoloError(
+                f"{path}: entry {i}: expected image_id (int or str), category_id (int), "
+                f"bbox (4 numbers), score (number), got {json.dumps(e)[:200]}"
+            ) from None
+    return Predictions(
+        ids,
+        ltwh2xyxy(np.array(boxes, dtype=np.float64).reshape(-1, 4)),
+        np.array(scores, dtype=np.float64),
+        np.array(labels, dtype=np.int64),
+    )
+
+
+def split_image_ids(index: SplitIndex) -> dict[int | str, int]:
+    """``{image_id: position in the index}``; :class:`EfyoloError` when two images share an id."""
+    ids: dict[int | str, int] = {}
+    for i, f in enumerate(index.im_files):
+        key = image_id_from_path(f)
+        if key in ids:
+            raise EfyoloError(
+                f"images {index.im_files[ids[key]]} and {f} have the same image_id {key!r} (file stem); "
+                "predictions cannot tell them apart"
+            )
+        ids[key] = i
+    return ids
+
+
+def score_predictions(index: SplitIndex, preds: Predictions) -> ScoreReport:
+    """Evaluate predictions against a scanned split with :class:`DetectionEvaluator`.
+
+    Images are fed in ascending image-id order (ints before strings), the order COCOeval uses, so
+    that even exact score ties across images resolve as pycocotools would.
+    """
+    nc = len(index.names)
+    ids = split_image_ids(index)
+    pos = np.array([ids.get(i, -1) for i in preds.image_ids], dtype=np.int64)
+    unknown = pos < 0
+    bad_cls = ~unknown & ((preds.labels < 0) | (preds.labels >= nc))
+    report_unknown = sorted({preds.image_ids[i] for i in np.flatnonzero(unknown)}, key=_id_order)
+    if unknown.any():
+        LOGGER.warning(
+            "%d predictions for %d image ids not in split '%s' skipped, e.g. %s",
+            unknown.sum(), len(report_unknown), index.split, ", ".join(map(repr, report_unknown[:5])),
+        )
+    if bad_cls.any():
+        LOGGER.warning("%d predictions with category_id outside [0, %d) skipped", bad_cls.sum(), nc)
+    keep = np.flatnonzero(~unknown & ~bad_cls)
+    # group kept predictions by image, input order kept within an image (stable)
+    keep = keep[np.argsort(pos[keep], kind="stable")]
+    bounds = np.searchsorted(pos[keep], np.arange(len(index) + 1))
+
+    ev = DetectionEvaluator(nc, index.names)
+    for key in sorted(ids, key=_id_order):
+        i = ids[key]
+        rec = index[i]
+        sel = keep[bounds[i]:bounds[i + 1]]
+        h, w = rec.shape
+        gt = np.concatenate([rec.labels, rec.crowd]).astype(np.float64)  # crowd regions last
+        crowd = np.arange(len(gt)) >= len(rec.labels)
+        ev.update(preds.boxes[sel], preds.scores[sel], preds.labels[sel], xywhn2xyxy(gt[:, 1:], w, h), gt[:, 0],
+                  image_id=key, gt_crowd=crowd)
+    return ScoreReport(ev.compute(), len(preds.scores), int(unknown.sum()), report_unknown[:10], int(bad_cls.sum()))
+
+
+def _id_order(key: int | str) -> tuple[int, Any]:
+    return (0, key) if isinstance(key, int) else (1, key)
+
+
+def write_coco_results(
+    path: str | Path,
+    image_ids: list[int | str],
+    boxes: list[np.ndarray],
+    scores: list[np.ndarray],
+    labels: list[np.ndarray],
+) -> None:
+    """Write per-image detections (xyxy pixel boxes) as a COCO results file.
+
+    Args:
+        path: output JSON.
+        image_ids: one id per image (see :func:`efyolo.data.coco.image_id_from_path`).
+        boxes, scores, labels: per image, ``[n, 4]`` xyxy, ``[n]``, ``[n]`` (arrays or tensors).
+    """
+    out = []
+    for image_id, b, s, c in zip(image_ids, boxes, scores, labels):
+        ltwh = xyxy2ltwh(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+        for box, score, cls in zip(ltwh.tolist(), np.asarray(s).tolist(), np.asarray(c).tolist()):
+            out.append({
+                "image_id": image_id, "category_id": int(cls),
+                "bbox": [round(v, 3) for v in box], "score": round(float(score), 5),
+            })
+    write_json_atomic(Path(path), out)
