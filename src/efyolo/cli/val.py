@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (or the JSON), save plots and metrics.json."""
     if args.weights:
-        raise EfyoloError("--weights needs the inference engine (not available yet)")
+        return _run_weights(args)
     from efyolo.data.config import load_data_config  # lazy: keep `efyolo --help` fast
     from efyolo.data.dataset import scan_split
     from efyolo.engine.coco_results import read_coco_results, score_predictions
@@ -82,4 +82,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"Results saved to {save_dir}", file=out)
     if args.json:
         print(json.dumps(payload))
+    return 0
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    """``--weights``: run the model over the split (letterboxed rectangular batches) and score it."""
+    from efyolo.engine.validator import validate_model
+
+    out = sys.stderr if args.json else sys.stdout
+    metrics = validate_model(
+        args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
+        max_det=args.max_det, device=args.device, split=args.split, project=args.project, name=args.name,
+        exist_ok=args.exist_ok, save_json=args.save_json, plots=not args.no_plots, verbose=args.verbose,
+        cache=not args.no_cache, log=out,
+    )
+    if args.json:
+        print(json.dumps(metrics))
     return 0

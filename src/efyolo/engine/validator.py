@@ -98,9 +98,12 @@ def evaluate(
             boxes = scale_boxes(det[:, :4], x.shape[2:], orig_shape, ratio_pad).numpy()
             record = gt_by_path[path]
             h0, w0 = record.shape
-            gt = record.labels
+            crowd = getattr(record, "crowd", None)
+            gt = record.labels if crowd is None or not len(crowd) else np.concatenate([record.labels, crowd])
+            is_crowd = np.arange(len(gt)) >= len(record.labels)  # COCO crowd regions, listed last
             gt_boxes = xywhn2xyxy(gt[:, 1:], w0, h0) if len(gt) else np.zeros((0, 4))
-            evaluator.update(boxes, det[:, 4].numpy(), det[:, 5].numpy().astype(int), gt_boxes, gt[:, 0].astype(int))
+            evaluator.update(boxes, det[:, 4].numpy(), det[:, 5].numpy().astype(int), gt_boxes,
+                             gt[:, 0].astype(int), gt_crowd=is_crowd)
             if collect_json:
                 image_id = image_id_from_path(path)
                 for box, score, cls in zip(xyxy2ltwh(boxes), det[:, 4].tolist(), det[:, 5].tolist()):
