@@ -274,3 +274,15 @@ def _coco_yaml(root: Path) -> Path:
 def test_image_id_from_path() -> None:
     assert image_id_from_path("/x/000000397133.jpg") == 397133
     assert image_id_from_path("/x/img_7.png") == "img_7"
+
+
+def test_decimal_rounding_is_clipped_silently(tmp_path: Path) -> None:
+    from efyolo.data.labels import read_label_file
+
+    path = tmp_path / "a.txt"
+    # x2 = 0.8 + 0.400001 / 2 = 1.0000005: a 6-decimal rounding artefact, not a labelling mistake
+    path.write_text("0 0.800000 0.5 0.400001 0.2\n1 0.5 0.5 0.2 1.01\n")
+    result = read_label_file(str(path), nc=2)
+    assert len(result.labels) == 2
+    assert result.labels[0, 1] + result.labels[0, 3] / 2 <= 1.0
+    assert len(result.problems) == 1 and ":2:" in result.problems[0]

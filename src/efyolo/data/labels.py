@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 TOLERANCE = 0.01  # how far (in image fractions) a box may stick out before it is refused
+ROUNDING = 1e-5  # sticking out by less is decimal rounding (6-decimal files): clipped silently
 _NUMBERS = set("0123456789.+-eE")
 
 
@@ -135,14 +136,15 @@ def _check_rows(rows: np.ndarray, nc: int) -> tuple[np.ndarray, np.ndarray, list
     box = np.stack([r[:, 1] - w / 2, r[:, 2] - h / 2, r[:, 1] + w / 2, r[:, 2] + h / 2], axis=1)
     valid = finite & ~bad_cls & ~zero
     far = valid & ((box < -TOLERANCE) | (box > 1 + TOLERANCE)).any(axis=1)
-    near = valid & ~far & ((box < 0) | (box > 1)).any(axis=1)
+    outside = valid & ~far & ((box < 0) | (box > 1)).any(axis=1)
+    near = outside & ((box < -ROUNDING) | (box > 1 + ROUNDING)).any(axis=1)  # reported
     clipped = box.clip(0, 1)
     out = rows.copy()
-    out[near, 1:] = np.stack([
+    out[outside, 1:] = np.stack([
         (clipped[:, 0] + clipped[:, 2]) / 2, (clipped[:, 1] + clipped[:, 3]) / 2,
         clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1],
-    ], axis=1)[near]
-    zero_after = near & ((out[:, 3] <= 0) | (out[:, 4] <= 0))
+    ], axis=1)[outside]
+    zero_after = outside & ((out[:, 3] <= 0) | (out[:, 4] <= 0))
 
     messages: list[tuple[int, str]] = []
     for i in np.flatnonzero(~finite):
