@@ -7,25 +7,33 @@ Public API::
     backbone = efyolo.build_backbone("efficientformer_l1", weights="efficientformer_l1.pth")
     result = efyolo.train(data="data.yaml", model="yolov5s-efficientformer-l1", epochs=50)
     detections = efyolo.Detector(result.best)("image.jpg")
+
+The names are imported on first use, so ``import efyolo`` (and the ``efyolo`` command's start-up)
+does not load torch, OpenCV or the training stack until they are needed.
 """
 
 from typing import Any
 
 from efyolo.errors import EfyoloError
-from efyolo.models import build_backbone, build_model
 
 __version__ = "0.1.0"
 __all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "train", "__version__"]
 
+_LAZY = {
+    "build_model": "efyolo.models",
+    "build_backbone": "efyolo.models",
+    "Detector": "efyolo.engine.predictor",
+    "train": "efyolo.engine.trainer",
+}
+
 
 def __getattr__(name: str) -> Any:
-    """Import the heavier parts (OpenCV, the training stack) only when they are used."""
-    if name == "Detector":
-        from efyolo.engine.predictor import Detector
+    if name in _LAZY:
+        import importlib
 
-        return Detector
-    if name == "train":
-        from efyolo.engine.trainer import train
-
-        return train
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'efyolo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

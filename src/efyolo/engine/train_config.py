@@ -14,7 +14,7 @@ from efyolo.errors import EfyoloError
 
 # `efyolo train` without --data: the built-in synthetic dataset and a detector sized for a CPU.
 # These values replace the generic defaults only for options the user did not set.
-DEMO_DEFAULTS = {"model": "yolov5n-efficientformer-l0", "imgsz": 320, "epochs": 30, "batch": 16}
+DEMO_DEFAULTS = {"model": "yolov5n-efficientformer-l0", "imgsz": 256, "epochs": 8, "batch": 16}
 
 
 @dataclass

@@ -46,6 +46,9 @@ from efyolo.models.registry import BACKBONES
 
 # name -> (depths, widths, number of Meta3D blocks at the end of the last stage)
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
+    # l0 is efyolo's own CPU-sized variant (not in the paper, no ImageNet weights): the L1 design
+    # at half its width and a third of its depth, for the CPU training demo.
+    "l0": ((1, 1, 3, 2), (24, 48, 112, 224), 1),
     "l1": ((3, 2, 6, 4), (48, 96, 224, 448), 1),
     "l3": ((4, 4, 12, 6), (64, 128, 320, 512), 4),
     "l7": ((6, 6, 18, 8), (96, 192, 384, 768), 8),
@@ -485,6 +488,11 @@ class EfficientFormer(nn.Module):
                 outs.append(x)
         return outs
 
+    def load_pretrained(self, path: str | Path) -> None:
+        """Load ImageNet weights (official or timm layout) from a local file; see
+        :func:`load_efficientformer_weights`."""
+        load_efficientformer_weights(self, path)
+
     def fuse(self) -> "EfficientFormer":
         """Fold BatchNorms, LayerNorm affines, attention scales and layer scales into the
         neighbouring convs/linears, in place, for inference (BN running statistics are used;
@@ -527,6 +535,13 @@ def build_efficientformer(
     if weights is not None:
         load_efficientformer_weights(model, weights)
     return model
+
+
+@BACKBONES.register("efficientformer_l0")
+def efficientformer_l0(weights: str | Path | None = None, drop_path_rate: float = 0.0, **kwargs: Any) -> EfficientFormer:
+    """efyolo's CPU-sized EfficientFormer (depths 1,1,3,2; widths 24,48,112,224; one Meta3D block):
+    channels ``[48, 112, 224]`` at strides ``[8, 16, 32]``. No ImageNet weights exist for it."""
+    return build_efficientformer("l0", weights, drop_path_rate, **kwargs)
 
 
 @BACKBONES.register("efficientformer_l1")
