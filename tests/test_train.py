@@ -150,3 +150,16 @@ def test_demo_defaults_only_without_data() -> None:
     real = TrainConfig.from_kwargs(data="x.yaml")
     assert real.imgsz == 640 and real.model == "yolov5s"
     assert TrainConfig.from_kwargs(imgsz=256).imgsz == 256
+
+
+def test_tiny_run_learns(tmp_path: Path) -> None:
+    """An mAP floor: without augmentation yolov5n must fit 4 images within 60 one-batch epochs."""
+    data = generate_dataset(tmp_path / "d", n_train=4, n_val=1, imgsz=64, seed=11)
+    # validate on the training images themselves: this checks learning, not generalisation
+    cfg = yaml.safe_load(data.read_text())
+    cfg["val"] = cfg["train"]
+    data.write_text(yaml.safe_dump(cfg))
+    no_aug = {k: 0.0 for k in ("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr", "mosaic")}
+    result = train(data=str(data), epochs=60, hyp=no_aug, lr0=0.01, project=str(tmp_path), name="fit", val=False,
+                   **{**TINY, "batch": 4, "close_mosaic": 0})
+    assert result.metrics["map50"] > 0.5, result.metrics["map50"]

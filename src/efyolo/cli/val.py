@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from efyolo.errors import EfyoloError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from efyolo.errors import EfyoloError
+from efyolo.yaml_io import read_yaml_mapping
 
 SPLITS = ("train", "val", "test")
 
@@ -99,20 +100,7 @@ def load_data_config(path: str | Path) -> DataConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise EfyoloError(f"{path}: dataset YAML not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise EfyoloError(f"{path}:{where}: malformed YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise EfyoloError(f"{path}: not a text file") from None
-    if not isinstance(raw, dict):
-        raise EfyoloError(f"{path}: expected a mapping with train/val/names keys, got {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, "dataset YAML")
 
 
 def _join(root: Path, value: Any) -> Path:

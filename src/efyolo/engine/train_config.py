@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from efyolo.errors import EfyoloError
+from efyolo.yaml_io import read_yaml_mapping
 
 # `efyolo train` without --data: the built-in synthetic dataset and a detector sized for a CPU.
 # These values replace the generic defaults only for options the user did not set.
@@ -116,17 +117,8 @@ def load_hyp(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
     source = "hyp"
     if not isinstance(hyp, Mapping):
         path = Path(hyp)
-        source = str(path)
-        if not path.is_file():
-            raise EfyoloError(f"hyperparameter file {path} does not exist")
-        try:
-            hyp = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise EfyoloError(f"hyperparameter file {path}{where} is not valid YAML") from None
-        if not isinstance(hyp, Mapping):
-            raise EfyoloError(f"hyperparameter file {path} must be a mapping of keys to numbers")
+        source = f"hyperparameter file {path}"
+        hyp = read_yaml_mapping(path, "hyperparameter file")
     for key, value in hyp.items():
         if key not in out:
             raise EfyoloError(f"{source}: unknown hyperparameter {key!r}")

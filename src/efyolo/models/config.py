@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from efyolo.errors import EfyoloError
+from efyolo.yaml_io import read_yaml_mapping
 
 CONFIG_DIR = "configs"
 _BUILTIN = re.compile(r"^yolov5(?P<scale>[nsmlx])(?:-(?P<backbone>[a-z0-9_\-]+))?$")
@@ -44,16 +45,7 @@ def builtin_model_names() -> list[str]:
 
 
 def _load_yaml_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise EfyoloError(f"model config {path} does not exist")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise EfyoloError(f"model config {path}{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
-    if not isinstance(cfg, dict):
-        raise EfyoloError(f"model config {path} must be a YAML mapping, got {type(cfg).__name__}")
+    cfg = read_yaml_mapping(path, "model config")
     cfg.setdefault("yaml_file", str(path))
     return cfg
 
