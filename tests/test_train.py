@@ -146,7 +146,7 @@ def test_bad_training_input(tmp_path: Path, tiny_data: Path, capsys) -> None:
 
 def test_demo_defaults_only_without_data() -> None:
     demo = TrainConfig.from_kwargs()
-    assert demo.data is None and demo.imgsz == 320 and "efficientformer" in demo.model
+    assert demo.data is None and demo.imgsz == 192 and "efficientformer" in demo.model
     real = TrainConfig.from_kwargs(data="x.yaml")
     assert real.imgsz == 640 and real.model == "yolov5s"
     assert TrainConfig.from_kwargs(imgsz=256).imgsz == 256
