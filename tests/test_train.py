@@ -72,15 +72,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_data: Path, tmp_path: 
     interrupted_at = torch.load(last, weights_only=True)["epoch"]
     assert interrupted_at < epochs - 1, "the run finished before it could be killed"
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--resume", str(last), "--workers", "0"]) == 0
-        resumed = torch.load(last, weights_only=True)
-        subprocess.run(_train_cmd(tiny_data, tmp_path, "straight", epochs), env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finally:
-        torch.set_num_threads(threads)
+    # Resume from the command line in a fresh process, as a user would after the kill.
+    subprocess.run([sys.executable, "-m", "efyolo", "train", "--resume", str(last), "--workers", "0"], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = torch.load(last, weights_only=True)
+    subprocess.run(_train_cmd(tiny_data, tmp_path, "straight", epochs), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     straight = torch.load(tmp_path / "straight" / "weights" / "last.pt", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == epochs - 1
     for key, value in straight["model_state"].items():

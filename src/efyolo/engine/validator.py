@@ -107,9 +107,10 @@ def evaluate(
             if collect_json:
                 image_id = image_id_from_path(path)
                 for box, score, cls in zip(xyxy2ltwh(boxes), det[:, 4].tolist(), det[:, 5].tolist()):
+                    # full precision: rounding scores creates ties that reorder COCO's matching
                     predictions.append(
                         {"image_id": image_id, "category_id": int(cls),
-                         "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)}
+                         "bbox": [float(v) for v in box], "score": float(score)}
                     )
         n_images += len(paths)
     speed = dict(zip(("preprocess", "inference", "nms"), (times * 1e3 / max(n_images, 1)).tolist()))
