@@ -16,7 +16,8 @@ they are exact in either case.
 
 Backends: anything satisfying :class:`Backend` (a callable from a float batch to raw
 predictions, plus ``names``, ``stride``, ``fp16``, ``device``). :func:`load_backend` picks one
-from the weights file suffix; only PyTorch checkpoints (``.pt``) exist so far.
+from the weights file suffix: PyTorch checkpoints (``.pt``) here, exported models (``.onnx``,
+``.torchscript``, ``*_openvino_model/``) through :func:`efyolo.export.backends.find_backend`.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class PyTorchBackend:
         return self.model(x).float()
 
 
-# weights suffix -> factory(path, device, half, fuse); later formats (ONNX, OpenVINO, ...) add entries
+# weights suffix -> factory(path, device, half, fuse); exported formats live in efyolo.export.backends
 BACKENDS: dict[str, Callable[..., Backend]] = {".pt": PyTorchBackend.from_checkpoint}
 
 
@@ -140,9 +141,14 @@ def load_backend(weights: str | Path, device: torch.device, half: bool = False, 
         raise EfyoloError(f"weights file {path} does not exist")
     factory = BACKENDS.get(path.suffix.lower())
     if factory is None:
-        raise EfyoloError(
-            f"weights {path}: unsupported weights format '{path.suffix}' (supported: {', '.join(sorted(BACKENDS))})"
-        )
+        from efyolo.export.backends import find_backend, supported_suffixes  # ONNX, TorchScript, OpenVINO
+
+        factory = find_backend(path)
+        if factory is None:
+            supported = sorted(BACKENDS) + supported_suffixes()
+            raise EfyoloError(
+                f"weights {path}: unsupported weights format '{path.suffix}' (supported: {', '.join(supported)})"
+            )
     return factory(path, device, half=half, fuse=fuse)
 
 
@@ -425,7 +431,8 @@ class Detector:
         ]
 
     def val(self, data: Any, **kwargs: Any) -> Any:
-        """Evaluate on a dataset's val split: ``efyolo.engine.validator.validate_model(self.model, data, **kwargs)``."""
+        """Evaluate on a dataset's val split: ``efyolo.engine.validator.validate_model(self.model, data, **kwargs)``
+        (the weights file for exported models, which have no ``nn.Module``)."""
         from efyolo.engine.validator import validate_model
 
-        return validate_model(self.model, data, **kwargs)
+        return validate_model(self.model if self.model is not None else self.weights, data, **kwargs)
