@@ -183,28 +183,63 @@ def test_nms_in_graph(detecting_weights, fmt, tmp_path) -> None:
     same_detections(e2e(images(), conf=0.1, max_det=50, batch=3), pt(images(), conf=0.1, max_det=50, batch=3))
 
 
+def relabel_from_predictions(data_yaml: Path, predictions: Path, size: int, keep: int = 20) -> None:
+    """Replace the val labels by the ``keep`` best of a model's ``efyolo val`` predictions (COCO
+    results, images ``size`` x ``size``), so that the model scores mAP 1 on them: its predictions
+    are these boxes plus lower-scored ones. A runtime whose boxes, scores or batches differ loses mAP."""
+    preds = sorted(json.loads(predictions.read_text()), key=lambda p: -p["score"])
+    threshold = (preds[keep - 1]["score"] + preds[keep]["score"]) / 2
+    labels_dir = data_yaml.parent / "labels" / "val"
+    rows: dict[str, list[str]] = {p.stem: [] for p in labels_dir.glob("*.txt")}
+    for p in preds:
+        if p["score"] > threshold:
+            left, top, w, h = (v / size for v in p["bbox"])
+            rows[f"{p['image_id']:06d}"].append(f"{p['category_id']} {left + w / 2:.6f} {top + h / 2:.6f} {w:.6f} {h:.6f}\n")
+    for stem, lines in rows.items():
+        (labels_dir / f"{stem}.txt").write_text("".join(lines))
+
+
 def test_val_onnx_same_map_as_pt(tmp_path, capsys) -> None:
     from efyolo.data.synth import generate_dataset
 
-    data = generate_dataset(tmp_path / "data", n_train=1, n_val=6, imgsz=96, seed=5)
+    data = generate_dataset(tmp_path / "data", n_train=1, n_val=6, imgsz=96, seed=5)  # square 96x96 images
     weights = make_weights(tmp_path / "w.pt", nc=6, imgsz=96, calibrate=True)
 
-    def val(w: Path, batch: int) -> dict:
-        args = ["val", "--data", data, "--weights", w, "--imgsz", "96", "--batch", batch, "--device", "cpu",
-                "--json", "--no-plots", "--project", tmp_path / "runs"]
+    def val(w: Path, batch: int, imgsz: int = 96, *extra: str) -> dict:
+        args = ["val", "--data", data, "--weights", w, "--imgsz", imgsz, "--batch", batch, "--device", "cpu",
+                "--json", "--no-plots", "--no-cache", "--project", tmp_path / "runs", *extra]
         assert main([str(a) for a in args]) == 0
         return json.loads(capsys.readouterr().out)
 
+    first = val(weights, 4, 96, "--save-json")
+    relabel_from_predictions(data, Path(first["save_dir"]) / "predictions.json", 96)
     ref = val(weights, 4)
-    assert ref["n_predictions"] > 0
+    assert ref["map50"] > 0.99 and ref["map"] > 0.99  # the model finds its own detections again
     dynamic = val(export_model(weights, "onnx", dynamic=True), 4)  # the same rectangular batches as .pt
-    assert dynamic["n_predictions"] == ref["n_predictions"]
+    assert dynamic["n_images"] == 6 and dynamic["n_predictions"] == ref["n_predictions"]
     assert dynamic["map"] == pytest.approx(ref["map"], abs=1e-4)
     assert dynamic["map50"] == pytest.approx(ref["map50"], abs=1e-4)
-    # fixed batch of 4 over 6 images: the last batch of 2 is padded inside the backend
-    fixed = val(export_model(weights, "onnx", batch=4, output=tmp_path / "fixed.onnx"), 32)
-    assert fixed["n_images"] == 6 and fixed["n_predictions"] > 0
-    assert fixed["map"] == pytest.approx(ref["map"], abs=0.02)  # square 96x96 letterbox vs rect: same here
+    # A fixed-shape export gets square 96x96 batches of its own batch size (4: the last batch of 2 is
+    # padded inside the backend), while .pt val pads rectangular batches to 128: compare both on the
+    # square batches through the evaluator, and check that the CLI runs it.
+    fixed_path = export_model(weights, "onnx", batch=4, output=tmp_path / "fixed.onnx")
+    assert val(fixed_path, 32)["n_images"] == 6
+    square = [square_map(b, data, 96, 4) for b in (PyTorchBackend.from_checkpoint(weights, CPU), load_backend(fixed_path, CPU))]
+    assert square[0].map50 > 0.5 and square[1].n_predictions == square[0].n_predictions
+    assert square[1].map == pytest.approx(square[0].map, abs=1e-4)
+
+
+def square_map(backend, data: Path, imgsz: int, batch: int):
+    """The evaluator's result for ``backend`` on square ``imgsz`` batches of ``data``'s val split."""
+    from efyolo.data.config import load_data_config
+    from efyolo.data.dataset import scan_split
+    from efyolo.data.loader import DetectionDataset, build_dataloader
+    from efyolo.engine.validator import evaluate
+
+    cfg = load_data_config(data)
+    dataset = DetectionDataset(scan_split(cfg, "val", cache=False), imgsz, augment=False, rect=False, stride=32)
+    loader = build_dataloader(dataset, batch, 0, shuffle=False)
+    return evaluate(backend, loader, list(cfg.names), CPU, progress=False).result
 
 
 def test_efficientformer_onnx_fixed_and_dynamic(tmp_path) -> None:
@@ -242,6 +277,9 @@ def test_torchscript_metadata_and_outputs(weights, reference) -> None:
     assert_close(load_backend(path, CPU)(x), reference(x))
 
 
+# Slow-marked (run with `pytest -m slow`): once OpenVINO's runtime is loaded in the pytest process,
+# a later test that forks (subprocess / DataLoader workers) has crashed the process with SIGSEGV here.
+@pytest.mark.slow
 def test_openvino_export_and_backend(weights, reference) -> None:
     pytest.importorskip("openvino", reason='OpenVINO is in the [export] extra: pip install "efyolo[export]"')
     import yaml
