@@ -93,6 +93,9 @@ def session(path: Path, threads: int, optimized: Path | None = None):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Without this the worker threads of the session that just ran keep spinning while the next
+    # (interleaved) session runs, and steal its cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized is not None:
         opts.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
