@@ -37,3 +37,19 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise EfyoloError(f"{what} {path}: expected a mapping of keys, got {type(raw).__name__}")
     return raw
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """Parse a user's JSON file; one clear error naming the file (and line) when it cannot be read."""
+    import json
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise EfyoloError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as err:
+        raise EfyoloError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EfyoloError(f"{path}: cannot read: {err}") from None

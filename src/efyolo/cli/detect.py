@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("detect", help="detect objects in images and videos with a trained model")
-    p.add_argument("--weights", required=True, help="model weights (.pt checkpoint)")
+    p.add_argument("--weights", required=True, help="model weights: a .pt checkpoint or an exported model (.onnx, .torchscript, *_openvino_model/)")
     p.add_argument(
         "--source", required=True, nargs="+",
         help="image, folder, glob, video (mp4/avi/mkv...), or .txt list of paths; several allowed",

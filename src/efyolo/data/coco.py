@@ -51,6 +51,7 @@ from efyolo.data.dataset import (
 from efyolo.data.images import check_image
 from efyolo.data.labels import TOLERANCE, clean_labels
 from efyolo.errors import EfyoloError
+from efyolo.yaml_io import read_json_file
 from efyolo.ops.boxes import xywhn2xyxy, xyxy2ltwh
 
 
@@ -58,15 +59,7 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
     """Load an instances JSON and check the parts we use (``images``, ``categories``, optional
     ``annotations``); :class:`EfyoloError` naming the file and the problem."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise EfyoloError(f"{path}: COCO JSON not found") from None
-    except json.JSONDecodeError as err:
-        raise EfyoloError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EfyoloError(f"{path}: cannot read: {err}") from None
+    data = read_json_file(path, "COCO JSON")
     if not isinstance(data, dict):
         raise EfyoloError(f"{path}: expected a COCO instances object with 'images' and 'categories'")
     for key in ("images", "categories"):

@@ -22,6 +22,7 @@ from efyolo.data.coco import image_id_from_path, write_json_atomic
 from efyolo.data.dataset import SplitIndex
 from efyolo.engine.metrics import DetectionEvaluator, EvalResult
 from efyolo.errors import EfyoloError
+from efyolo.yaml_io import read_json_file
 from efyolo.ops.boxes import ltwh2xyxy, xywhn2xyxy, xyxy2ltwh
 
 LOGGER = logging.getLogger("efyolo")
@@ -83,15 +84,7 @@ def read_coco_results(path: str | Path) -> Predictions:
             or with values of the wrong type (named by its index).
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
-    except FileNotFoundError:
-        raise EfyoloError(f"{path}: predictions file not found") from None
-    except json.JSONDecodeError as err:
-        raise EfyoloError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EfyoloError(f"{path}: cannot read: {err}") from None
+    entries = read_json_file(path, "predictions file")
     if not isinstance(entries, list):
         raise EfyoloError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}}")
     ids, boxes, scores, labels = [], [], [], []
