@@ -28,6 +28,12 @@ Usage::
 
     python benchmarks/bench_export.py                      # yolov5n, yolov5s, yolov5s-efficientformer-l1
     python benchmarks/bench_export.py --threads 2 1 --runs 60 --json bench_export.json
+    python benchmarks/bench_export.py --reference yolov5n=ref/yolov5n.onnx --reference yolov5s=ref/yolov5s.onnx
+
+``--reference MODEL=FILE`` times an ONNX file made elsewhere (the reference YOLOv5's export of the same
+architecture, say) in the same interleaved passes, as variant ``reference``, so that "at most as slow
+as the reference on this machine" is measured at one moment rather than against a number from another
+day: the speed of this 2-core machine varies by more than 1.5x between sessions.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from efyolo.engine.benchmark import machine_info
+from efyolo.engine.benchmark import machine_info, matmul_gflops
 from efyolo.engine.profiler import count_gflops
 from efyolo.export.fold import materialize_attention_bias, rewrite_pool_mixers
 from efyolo.export.onnx import export_onnx, simplify_onnx
@@ -122,13 +128,14 @@ def measure(sessions: dict[tuple[str, str], object], imgsz: int, runs: int, warm
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in sessions}
     cpu: dict[tuple[str, str], list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for key, s in sessions.items():
         for _ in range(warmup):
-            s.run(None, {"images": x})
+            s.run(None, feeds[key])
     for _ in range(runs):
         for key, s in sessions.items():
             c0, t0 = time.process_time(), time.perf_counter()
-            s.run(None, {"images": x})
+            s.run(None, feeds[key])
             wall[key].append((time.perf_counter() - t0) * 1e3)
             cpu[key].append((time.process_time() - c0) * 1e3)
     return wall, cpu
@@ -143,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=40, help="timed runs per variant (interleaved)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--reference", action="append", default=[], metavar="MODEL=FILE",
+                        help="also time this ONNX file (an export of MODEL made elsewhere) as variant 'reference'")
     args = parser.parse_args(argv)
+    references = {}
+    for item in args.reference:
+        name, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            parser.error(f"--reference {item!r}: expected MODEL=FILE with an existing ONNX file")
+        references[name] = Path(file)
     models = [m for m in args.models.split(",") if m]
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
@@ -157,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         exported = {}
         for name in models:
             gflops, paths = export_variants(name, args.imgsz, folder, variants)
+            if name in references:
+                paths["reference"] = references[name]
             exported[name] = (gflops, paths)
             print(f"exported {name}: {', '.join(paths)}", file=sys.stderr)
         for threads in args.threads:
@@ -194,7 +211,7 @@ def print_table(results: list[dict], imgsz: int) -> None:
               f"{r['ort_reorders']:>12}")
     for threads in sorted({r["threads"] for r in results}):
         rows = [r for r in results if r["threads"] == threads]
-        base = [r for r in rows if r["model"] == "yolov5s"]
+        base = [r for r in rows if r["model"] == "yolov5s" and r["variant"] != "reference"]
         if base:
             ref = base[-1]  # yolov5s as exported by efyolo
             for r in rows:
@@ -203,8 +220,15 @@ def print_table(results: list[dict], imgsz: int) -> None:
                           f"{r['gflops_per_s'] / ref['gflops_per_s']:.0%} of yolov5s GFLOP/s by median latency "
                           f"({r['gflops_per_s']:.1f} vs {ref['gflops_per_s']:.1f}), "
                           f"{r['best_gflops_per_s'] / ref['best_gflops_per_s']:.0%} by best latency")
+        for r in rows:
+            if r["variant"] == "reference":
+                ours = [o for o in rows if o["model"] == r["model"] and o["variant"] != "reference"][-1]
+                print(f"{threads} thread(s): {r['model']}: efyolo ({ours['variant']}) {ours['median_ms']:.1f} ms vs "
+                      f"reference {r['median_ms']:.1f} ms median ({ours['median_ms'] / r['median_ms']:.2f}x)")
         print(f"{threads} thread(s): load average before {rows[0]['load_before']}, after {rows[0]['load_after']}")
     m = machine_info()
+    print(f"machine speed: {matmul_gflops():.0f} GFLOP/s (torch float32 2048x2048 matmul, "
+          f"{torch.get_num_threads()} threads; DESIGN.md's day: 158)")
     print(f"{imgsz}x{imgsz}, batch 1, ONNX Runtime {m.get('onnxruntime')} CPU provider; {m['cpu']} "
           f"({m['cores']} cores); torch {m['torch']}")
 

@@ -39,18 +39,25 @@ class _FirstBatches:
         return self.n
 
 
-def images_per_second(model: str, imgsz: int, batch: int, iters: int, workers: int) -> float:
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def images_per_second(model: str, imgsz: int, batch: int, iters: int, workers: int, device: str = "cpu") -> float:
     data = default_dataset()
     with tempfile.TemporaryDirectory() as project:
         cfg = TrainConfig(data=str(data), model=model, imgsz=imgsz, epochs=1, batch=batch, workers=workers,
-                          project=project, cache=True, val=False)
+                          project=project, cache=True, val=False, device=device)
         trainer = Trainer(cfg)
         trainer.setup()
         trainer.train_loader = _FirstBatches(trainer.train_loader, iters)
         trainer.nb = iters
         trainer.train_epoch(0)  # warm-up: worker start, allocator, oneDNN primitives
+        sync()
         t0 = time.perf_counter()
         trainer.train_epoch(0)
+        sync()
         return iters * batch / (time.perf_counter() - t0)
 
 
@@ -61,13 +68,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or a CUDA index (AMP on CUDA, as in training)")
     args = parser.parse_args()
     rows = []
     for model in args.models.split(","):
-        ips = images_per_second(model, args.imgsz, args.batch, args.iters, args.workers)
+        ips = images_per_second(model, args.imgsz, args.batch, args.iters, args.workers, args.device)
         rows.append({"model": model, "imgsz": args.imgsz, "batch": args.batch, "images_per_s": round(ips, 1),
-                     "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")})
+                     "threads": torch.get_num_threads(), "device": args.device, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")})
         print(f"{model:<32} {ips:6.1f} images/s (imgsz {args.imgsz}, batch {args.batch})", flush=True)
+    if args.device == "cpu":
+        from efyolo.engine.benchmark import matmul_gflops
+
+        print(f"machine speed: {matmul_gflops():.0f} GFLOP/s (torch float32 2048x2048 matmul, "
+              f"{torch.get_num_threads()} threads; DESIGN.md's day: 158)")
     print(json.dumps(rows))
 
 

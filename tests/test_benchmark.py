@@ -88,3 +88,9 @@ def test_benchmark_bad_arguments(weights, args, message, capsys) -> None:
 def test_benchmark_models_rejects_weights_options(capsys) -> None:
     assert main(["benchmark", "--models", "yolov5n", "--formats", "onnx"]) == 2
     assert "--formats go with --weights" in capsys.readouterr().err
+
+
+def test_matmul_gflops_is_a_positive_speed() -> None:
+    from efyolo.engine.benchmark import matmul_gflops
+
+    assert 0.01 < matmul_gflops(size=64, runs=2) < 1e6

@@ -33,3 +33,16 @@ def test_profile_bad_input_exits_2_with_one_line(capsys) -> None:
     assert len(err) == 1 and "unknown model 'yolov5q'" in err[0]
     assert main(["profile", "--model", "yolov5n", "--imgsz", "100"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+    assert main(["profile", "--model", "yolov5n", "--imgsz", "64", "--device", "cpu", "--half"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_profile_half_on_cuda(capsys) -> None:
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    assert main(["profile", "--model", "yolov5n", "--imgsz", "64", "--device", "0", "--half", "--runs", "2",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"].endswith("fp16")

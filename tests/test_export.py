@@ -260,6 +260,21 @@ def test_efficientformer_onnx_fixed_and_dynamic(tmp_path) -> None:
         assert_close(backend(x), reference(x))
 
 
+def test_float16_graph_exports_to_onnx(tmp_path) -> None:
+    """`--half` ONNX export traces a float16 model: the Detect grid must not need a float16 Range
+    (which ONNX lacks; this failed on CUDA before the grid was built in float32). Traced on the CPU
+    here, as `export --half` does on a GPU."""
+    from efyolo.export.onnx import export_onnx
+    from efyolo.models import build_model
+
+    model = build_model("yolov5n-efficientformer-l0").eval().fuse().half()
+    path = export_onnx(model, torch.zeros(1, 3, 64, 64, dtype=torch.float16), tmp_path / "half.onnx",
+                       {"format": "test"})
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
 # --------------------------------------------------------------------------------------------
 # TorchScript, OpenVINO, CoreML
 # --------------------------------------------------------------------------------------------

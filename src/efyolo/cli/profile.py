@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=10, help="timed forward passes (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index such as 0")
+    p.add_argument("--half", action="store_true", help="time in float16 (CUDA only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     profiles = []
     for name in names:
         profiles.append(
-            profile_model(name, imgsz, args.batch, runs=args.runs, warmup=args.warmup, device=device, name=name)
+            profile_model(name, imgsz, args.batch, runs=args.runs, warmup=args.warmup, device=device, name=name,
+                          half=args.half)
         )
         print(f"profiled {name}: {profiles[-1].latency_ms:.1f} ms", file=sys.stderr)
     print(format_table(profiles), file=log)

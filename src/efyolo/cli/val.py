@@ -39,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
     model.add_argument("--max-det", type=int, default=300, help="detections per image after NMS (default 300)")
     model.add_argument("--device", default="", help="cpu, 0, cuda:0, ... (default: best available)")
+    model.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    model.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     model.add_argument("--save-json", action="store_true", help="also write the predictions as a COCO results file")
     parser.set_defaults(func=run)
     return parser
@@ -93,7 +95,7 @@ def _run_weights(args: argparse.Namespace) -> int:
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
         max_det=args.max_det, device=args.device, split=args.split, project=args.project, name=args.name,
         exist_ok=args.exist_ok, save_json=args.save_json, plots=not args.no_plots, verbose=args.verbose,
-        cache=not args.no_cache, log=out,
+        cache=not args.no_cache, log=out, half=args.half, workers=args.workers,
     )
     if args.json:
         print(json.dumps(metrics))

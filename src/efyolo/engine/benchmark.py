@@ -11,6 +11,7 @@ import io
 import os
 import platform
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,21 @@ class Report:
         out = asdict(self)
         out["rows"] = [asdict(r) for r in self.rows]
         return out
+
+
+def matmul_gflops(size: int = 2048, runs: int = 5) -> float:
+    """The machine's float32 matrix-product speed in GFLOP/s (torch, current thread count).
+
+    A calibration for benchmark records: the speed of a shared 2-core machine varies between days
+    (measured here: 158 and 100 GFLOP/s), and latencies from different days compare only after
+    scaling by it.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        a @ b
+    return 2 * size**3 * runs / (time.perf_counter() - t0) / 1e9
 
 
 def machine_info() -> dict[str, Any]:

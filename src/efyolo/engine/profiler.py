@@ -83,6 +83,7 @@ def profile_model(
     warmup: int = 3,
     device: str | torch.device = "cpu",
     name: str | None = None,
+    half: bool = False,
 ) -> Profile:
     """Profile a model: parameter count (unfused), GFLOPs and median latency (fused, eval mode).
 
@@ -93,6 +94,7 @@ def profile_model(
         runs: timed forward passes (the median is reported); at least 1.
         warmup: untimed passes before timing.
         device: ``"cpu"`` or a CUDA device.
+        half: time in float16 (CUDA only; parameters and GFLOPs are counted as usual).
     """
     from efyolo.models import build_model
 
@@ -101,12 +103,17 @@ def profile_model(
     h, w = parse_imgsz(imgsz)
     label = name or (str(model) if not isinstance(model, nn.Module) else type(model).__name__)
     net = build_model(model) if not isinstance(model, nn.Module) else model
+    device = torch.device(device)
+    if half and device.type != "cuda":
+        raise EfyoloError(f"half-precision profiling needs a CUDA device; got {device}")
     net = net.to(device).eval()
     params = sum(p.numel() for p in net.parameters())
     x = torch.zeros(batch, 3, h, w, device=device)
     gflops = count_gflops(net, x[:1])
     if hasattr(net, "fuse"):
         net.fuse()
+    if half:
+        net, x = net.half(), x.half()
     latency = measure_latency(net, x, runs=runs, warmup=warmup)
     return Profile(
         model=label,
@@ -117,7 +124,7 @@ def profile_model(
         latency_ms=round(latency, 2),
         latency_runs=runs,
         threads=torch.get_num_threads(),
-        device=str(device),
+        device=str(device) + (" fp16" if half else ""),
     )
 
 

@@ -336,8 +336,9 @@ class Trainer:
         self.setup()
         cfg = self.cfg
         t0 = time.time()
-        self._print(f"Training {cfg.epochs - self.start_epoch} epochs at imgsz {cfg.imgsz}, batch {cfg.batch}; "
-                    f"results in {self.save_dir}")
+        where = f"{self.device}" + (" with AMP" if self.amp else "")
+        self._print(f"Training {cfg.epochs - self.start_epoch} epochs at imgsz {cfg.imgsz}, batch {cfg.batch} on "
+                    f"{where}; results in {self.save_dir}")
         epoch = self.start_epoch
         for epoch in range(self.start_epoch, cfg.epochs):
             train_losses = self.train_epoch(epoch)

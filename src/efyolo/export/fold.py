@@ -86,6 +86,8 @@ class PoolMixerBlock(nn.Module):
         with torch.no_grad():
             self.mix_x.weight.copy_((1 - gamma).view(c, 1, 1, 1))
             self.mix_pool.weight.copy_(gamma.view(c, 1, 1, 1))
+        self.mix_x.weight.requires_grad_(False)  # an export-time module: frozen like the model it joins
+        self.mix_pool.weight.requires_grad_(False)
         self.mlp = block.mlp
         self.ls2 = block.ls2
 

@@ -64,10 +64,11 @@ class Detect(nn.Module):
 
     def _grids(self, i: int, ny: int, nx: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets ``[1, 1, ny, nx, 2]`` (minus 0.5) and anchor sizes ``[1, na, 1, 1, 2]`` in pixels."""
-        y = torch.arange(ny, device=ref.device, dtype=ref.dtype)
-        x = torch.arange(nx, device=ref.device, dtype=ref.dtype)
+        # arange in float32, then cast: ONNX has no float16 Range (an fp16 export would fail)
+        y = torch.arange(ny, device=ref.device, dtype=torch.float32)
+        x = torch.arange(nx, device=ref.device, dtype=torch.float32)
         yv, xv = torch.meshgrid(y, x, indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
+        grid = (torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5).to(ref.dtype)
         anchor_grid = (self.anchors[i] * self.stride[i]).to(ref.dtype).view(1, self.na, 1, 1, 2)
         return grid, anchor_grid
 
