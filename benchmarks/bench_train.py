@@ -48,7 +48,7 @@ def images_per_second(model: str, imgsz: int, batch: int, iters: int, workers: i
     data = default_dataset()
     with tempfile.TemporaryDirectory() as project:
         cfg = TrainConfig(data=str(data), model=model, imgsz=imgsz, epochs=1, batch=batch, workers=workers,
-                          project=project, cache=True, val=False, device=device)
+                          project=project, cache=True, val=False, device=device, close_mosaic=0)
         trainer = Trainer(cfg)
         trainer.setup()
         trainer.train_loader = _FirstBatches(trainer.train_loader, iters)

@@ -206,3 +206,28 @@ def test_label_wh_from_dataset():
     assert ((factor >= 0.9) & (factor <= 1.1)).all()
     np.testing.assert_allclose(factor[:, 0], factor[:, 1], rtol=1e-6)  # one factor per image
     np.testing.assert_allclose(factor[0], factor[1], rtol=1e-6)  # same image, same factor
+
+
+def test_refit_replaces_oversized_anchors_although_bpr_is_perfect():
+    """Labels of 8-60 px (a 192-px demo image): every label is within 4x of some COCO anchor, so
+    `check` keeps YOLOv5's anchors; `refit` fits smaller ones (P5 no longer larger than any object),
+    with the same BPR and a better match."""
+    rng = np.random.default_rng(0)
+    side = np.exp(rng.uniform(np.log(8), np.log(60), 400))
+    wh = np.stack((side, side * np.exp(rng.uniform(-0.4, 0.4, 400))), 1).astype(np.float32)
+    kept = check_anchors(make_detect(), wh, gen=GEN)
+    assert kept.bpr_before == 1.0 and not kept.replaced
+    detect = make_detect()
+    report = check_anchors(detect, wh, gen=GEN, refit=True)
+    assert report.replaced and report.bpr_after == 1.0
+    assert report.anchors_px.max() < 120  # was 373 x 326
+    areas = report.anchors_px.prod(1).reshape(3, 3).mean(1)
+    assert areas[0] < areas[1] < areas[2]  # still small -> large with the strides
+
+
+def test_refit_keeps_anchors_that_already_match():
+    """Labels exactly at the nine anchors: nothing fits them better, so refit keeps them."""
+    wh = np.repeat(COCO_PX, 40, axis=0)
+    report = check_anchors(make_detect(), wh, gen=GEN, refit=True)
+    assert not report.replaced
+    np.testing.assert_allclose(report.anchors_px, COCO_PX, rtol=1e-6)

@@ -135,6 +135,8 @@ def test_bad_training_input(tmp_path: Path, tiny_data: Path, capsys) -> None:
         load_hyp(bad_hyp)
     with pytest.raises(EfyoloError, match="unknown training option"):
         TrainConfig.from_kwargs(epocs=3)
+    with pytest.raises(EfyoloError, match="autoanchor must be one of"):
+        TrainConfig.from_kwargs(data="x.yaml", autoanchor="always")
     assert main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--imgsz", "70", "--workers", "0",
                  "--project", str(tmp_path)]) == 2
     assert "multiple" in capsys.readouterr().err
@@ -144,8 +146,9 @@ def test_bad_training_input(tmp_path: Path, tiny_data: Path, capsys) -> None:
 def test_demo_defaults_only_without_data() -> None:
     demo = TrainConfig.from_kwargs()
     assert demo.data is None and demo.imgsz == 192 and "efficientformer" in demo.model
+    assert demo.autoanchor == "refit"
     real = TrainConfig.from_kwargs(data="x.yaml")
-    assert real.imgsz == 640 and real.model == "yolov5s"
+    assert real.imgsz == 640 and real.model == "yolov5s" and real.autoanchor == "check"
     assert TrainConfig.from_kwargs(imgsz=256).imgsz == 256
 
 

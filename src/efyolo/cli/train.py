@@ -39,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="cache decoded images in RAM (default: when the dataset is small)")
     p.add_argument("--noval", dest="val", action="store_false", default=None, help="validate only the final epoch")
+    p.add_argument("--autoanchor", choices=("check", "refit", "off"),
+                   help="check: new anchors when BPR <= 0.98 (YOLOv5, default); refit: fit them to the labels "
+                        "and keep them when better (demo default); off: keep the model's")
     p.add_argument("--verbose", action="store_true", default=None, help="per-class table at the end")
     p.set_defaults(func=run)
 

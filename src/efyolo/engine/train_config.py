@@ -23,8 +23,11 @@ DEMO_DEFAULTS = {
     "batch": 8,
     "lr0": 0.003,
     "close_mosaic": 3,
+    "autoanchor": "refit",  # YOLOv5's anchors are sized for 640-px COCO, not 192-px images
     "synth": {"imgsz": 192},
 }
+
+AUTOANCHOR_MODES = ("check", "refit", "off")
 
 
 @dataclass
@@ -56,6 +59,9 @@ class TrainConfig:
         amp: mixed precision on CUDA.
         val: validate every epoch (always at the end).
         nbs: nominal batch size (gradient accumulation up to it).
+        autoanchor: ``check`` (YOLOv5: new anchors only when the best possible recall is at most
+            0.98), ``refit`` (fit anchors to the labels and keep them when they match better) or
+            ``off``.
         max_det, conf, iou: validation NMS settings.
         verbose: per-class table at the end.
         synth: parameters of the synthetic dataset when ``data`` is None.
@@ -87,6 +93,7 @@ class TrainConfig:
     amp: bool = True
     val: bool = True
     nbs: int = 64
+    autoanchor: str = "check"
     conf: float = 0.001
     iou: float = 0.6
     max_det: int = 300
@@ -104,6 +111,8 @@ class TrainConfig:
         if given.get("data") is None and not given.get("resume"):
             for key, value in DEMO_DEFAULTS.items():
                 given.setdefault(key, value)
+        if given.get("autoanchor", "check") not in AUTOANCHOR_MODES:
+            raise EfyoloError(f"autoanchor must be one of {AUTOANCHOR_MODES}, got {given['autoanchor']!r}")
         return cls(**given)
 
     def to_dict(self) -> dict[str, Any]:

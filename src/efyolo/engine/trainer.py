@@ -223,13 +223,13 @@ class Trainer:
         self.stride = model.max_stride
         parse_imgsz(cfg.imgsz, self.stride)
         self._freeze(model)
-        if self.resume_ckpt is None:
+        if self.resume_ckpt is None and cfg.autoanchor != "off":
             wh = label_wh_from_dataset(
                 self.train_set.index.shapes[:, ::-1].astype(float), self.train_set.index.labels, cfg.imgsz,
                 np.random.default_rng(cfg.seed),
             )
             report = check_anchors(model.detect, wh, thr=self.hyp["anchor_t"], imgsz=cfg.imgsz, seed=cfg.seed,
-                                   verbose=self.dist.is_main)
+                                   verbose=self.dist.is_main, refit=cfg.autoanchor == "refit")
             self._print(f"AutoAnchor: best possible recall {report.bpr_before:.4f}"
                         + (f" -> {report.bpr_after:.4f} with new anchors" if report.replaced else ""))
         # channels_last: the convolution kernels of oneDNN (CPU) and cuDNN (AMP) prefer NHWC;
