@@ -183,6 +183,23 @@ def test_nms_in_graph(detecting_weights, fmt, tmp_path) -> None:
     same_detections(e2e(images(), conf=0.1, max_det=50, batch=3), pt(images(), conf=0.1, max_det=50, batch=3))
 
 
+def test_val_warns_that_in_graph_nms_caps_the_map(tmp_path, caplog) -> None:
+    import logging
+
+    from efyolo.data.synth import generate_dataset
+    from efyolo.engine.validator import validate_model
+
+    data = generate_dataset(tmp_path / "data", n_train=1, n_val=2, imgsz=64, seed=3)
+    weights = make_weights(tmp_path / "w.pt", nc=6, calibrate=True)
+    path = export_model(weights, "onnx", nms=NmsOptions(conf=0.25, iou=0.45, max_det=20),
+                        output=tmp_path / "e2e.onnx")
+    with caplog.at_level(logging.WARNING, logger="efyolo"):
+        metrics = validate_model(path, data, imgsz=64, device="cpu", workers=0, plots=False,
+                                 project=tmp_path / "runs", log=open(tmp_path / "log.txt", "w"))
+    assert metrics["n_images"] == 2
+    assert "ends with NMS" in caplog.text
+
+
 def relabel_from_predictions(data_yaml: Path, predictions: Path, size: int, keep: int = 20) -> None:
     """Replace the val labels by the ``keep`` best of a model's ``efyolo val`` predictions (COCO
     results, images ``size`` x ``size``), so that the model scores mAP 1 on them: its predictions
@@ -227,17 +244,26 @@ def test_val_onnx_same_map_as_pt(tmp_path, capsys) -> None:
     square = [square_map(b, data, 96, 4) for b in (PyTorchBackend.from_checkpoint(weights, CPU), load_backend(fixed_path, CPU))]
     assert square[0].map50 > 0.5 and square[1].n_predictions == square[0].n_predictions
     assert square[1].map == pytest.approx(square[0].map, abs=1e-4)
+    # A non-square fixed export (64 x 96): val letterboxes every image to exactly 64 x 96, the same
+    # result as the .pt model on those inputs.
+    wide_path = export_model(weights, "onnx", imgsz=(64, 96), batch=2, output=tmp_path / "wide.onnx")
+    wide = val(wide_path, 32)
+    expected = square_map(PyTorchBackend.from_checkpoint(weights, CPU), data, 96, 2, shape=(64, 96))
+    assert wide["n_predictions"] == expected.n_predictions > 0
+    assert wide["map"] == pytest.approx(expected.map, abs=1e-4)
 
 
-def square_map(backend, data: Path, imgsz: int, batch: int):
-    """The evaluator's result for ``backend`` on square ``imgsz`` batches of ``data``'s val split."""
+def square_map(backend, data: Path, imgsz: int, batch: int, shape: tuple[int, int] | None = None):
+    """The evaluator's result for ``backend`` on square ``imgsz`` batches (or ``shape`` ones) of
+    ``data``'s val split."""
     from efyolo.data.config import load_data_config
     from efyolo.data.dataset import scan_split
     from efyolo.data.loader import DetectionDataset, build_dataloader
     from efyolo.engine.validator import evaluate
 
     cfg = load_data_config(data)
-    dataset = DetectionDataset(scan_split(cfg, "val", cache=False), imgsz, augment=False, rect=False, stride=32)
+    dataset = DetectionDataset(scan_split(cfg, "val", cache=False), imgsz, augment=False, rect=False, stride=32,
+                               eval_shape=shape)
     loader = build_dataloader(dataset, batch, 0, shuffle=False)
     return evaluate(backend, loader, list(cfg.names), CPU, progress=False).result
 

@@ -247,3 +247,16 @@ def test_detect_checks_anchor_order() -> None:
     det = Detect(2, [[116, 90, 156, 198, 373, 326], [10, 13, 16, 30, 33, 23]], [8, 8], [8, 32])
     # the large anchors were given for stride 8: the head flips them to the coarse level
     assert det.anchors[0, 0].tolist() == pytest.approx([10 / 8, 13 / 8])
+
+
+def test_torch_export_traces_the_detector() -> None:
+    """torch.export needs a forward free of data-dependent Python values (the stride check once read
+    the stride buffer with .tolist())."""
+    import torch
+
+    from efyolo.models import build_model
+
+    model = build_model("yolov5n").eval()
+    program = torch.export.export(model, (torch.zeros(1, 3, 64, 64),))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(program.module()(x), model(x), atol=1e-5)

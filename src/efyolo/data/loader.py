@@ -74,6 +74,8 @@ class DetectionDataset(Dataset):
         stride: the model's maximum stride.
         seed: base seed of the per-sample generators.
         cache_images: decode and resize every image once, up front, into RAM.
+        eval_shape: ``(h, w)`` every validation input is letterboxed to (an exported model with a
+            fixed, possibly non-square input); default ``(imgsz, imgsz)``. Without ``rect`` only.
     """
 
     def __init__(
@@ -87,8 +89,10 @@ class DetectionDataset(Dataset):
         stride: int = 32,
         seed: int = 0,
         cache_images: bool = False,
+        eval_shape: tuple[int, int] | None = None,
     ) -> None:
         self.index = index
+        self.eval_shape = tuple(eval_shape) if eval_shape is not None else (imgsz, imgsz)
         self.records = list(index.images)
         self.imgsz, self.augment, self.hyp = imgsz, augment, dict(hyp or {})
         self.rect, self.stride, self.seed = rect, stride, seed
@@ -170,7 +174,7 @@ class DetectionDataset(Dataset):
             shapes = ((h0, w0), (1.0, (0.0, 0.0)))
         else:
             img, (h0, w0), (h, w) = self.load_image(i)
-            shape = tuple(self.batch_shapes[i]) if self.batch_shapes is not None else (self.imgsz, self.imgsz)
+            shape = tuple(self.batch_shapes[i]) if self.batch_shapes is not None else self.eval_shape
             img, gain, pad = letterbox(img, shape, auto=False, scaleup=False)
             labels = letterbox_labels(self._pixel_labels(i, h, w), gain, pad)
             # network-input boxes -> original pixels: undo letterbox, then the resize to (h, w)

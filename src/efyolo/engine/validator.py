@@ -172,6 +172,10 @@ def validate_model(
     parse_imgsz(imgsz, stride)
     # Exported models with a fixed input shape get square batches of that shape.
     fixed = getattr(backend, "fixed_shape", None)
+    if getattr(backend, "end2end", False):
+        LOGGER.warning(f"{weights} ends with NMS (exported with --nms): the confidence threshold and max_det "
+                       "baked into its graph apply instead of --conf/--max-det, so its mAP is lower than the "
+                       "model's; export without --nms to validate")
     cfg = load_data_config(data)
     index = scan_split(cfg, split, cache=cache)
     print(index.summary(), file=out)
@@ -180,9 +184,12 @@ def validate_model(
         from efyolo.errors import EfyoloError
 
         raise EfyoloError(f"weights {weights} predict {len(backend.names)} classes but {data} has {len(names)}")
-    if fixed is not None:
-        batch, imgsz = fixed[0], fixed[2]
-    dataset = DetectionDataset(index, imgsz, augment=False, rect=fixed is None, batch_size=batch, stride=stride)
+    eval_shape = None
+    if fixed is not None:  # [B, 3, H, W] of the export: images go in letterboxed to exactly H x W
+        batch, eval_shape = fixed[0], (fixed[2], fixed[3])
+        imgsz = max(eval_shape)
+    dataset = DetectionDataset(index, imgsz, augment=False, rect=fixed is None, batch_size=batch, stride=stride,
+                               eval_shape=eval_shape)
     loader = build_dataloader(dataset, batch, workers, shuffle=False)
     evaluation = evaluate(backend, loader, names, dev, conf, iou, max_det, half=backend.fp16, collect_json=save_json)
     result = evaluation.result

@@ -97,6 +97,9 @@ class DetectionModel(nn.Module):
             raise EfyoloError("model config: the last layer must be Detect")
         self.in_channels = in_channels
         self.names = [str(i) for i in range(self.nc)]
+        # A plain int, fixed by the config: reading the stride buffer inside forward would make
+        # tracers (torch.onnx, torch.export) record a data-dependent Python value.
+        self._max_stride = int(self.detect.stride.max().item())
         self._initialize_norms()
 
     # ---- metadata -------------------------------------------------------------------------
@@ -115,7 +118,7 @@ class DetectionModel(nn.Module):
 
     @property
     def max_stride(self) -> int:
-        return int(max(self.detect.stride.tolist()))
+        return self._max_stride
 
     def _initialize_norms(self) -> None:
         """YOLOv5's BatchNorm settings (eps 1e-3, momentum 0.03) and in-place activations for its own
