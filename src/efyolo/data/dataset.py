@@ -38,7 +38,7 @@ from efyolo.data.images import check_image, list_images
 from efyolo.data.labels import TOLERANCE, img2label_paths, read_label_file
 
 LOGGER = logging.getLogger("efyolo")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # bump whenever the label checks change: a cache keeps the old messages
 
 
 @dataclass(frozen=True)
