@@ -96,14 +96,9 @@ class PyTorchBackend:
     ) -> None:
         if half and device.type != "cuda":
             raise EfyoloError(f"--half needs a CUDA device (got {device}); run in float32 on CPU")
-        model = (deepcopy(model) if copy else model).eval()
-        if fuse and hasattr(model, "fuse"):
-            model.fuse()
-        model = model.to(device)
-        if half:
-            model = model.half()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        from efyolo.export.exporter import prepare_model
+
+        model = prepare_model(deepcopy(model) if copy else model, device, half=half, fuse=fuse)
         self.model = model
         self.names = [str(n) for n in model.names]
         self.stride = int(model.max_stride)

@@ -83,10 +83,11 @@ def check_options(
             raise EfyoloError(f"--max-det must be at least 1, got {nms.max_det}")
 
 
-def prepare_model(model: nn.Module, device: torch.device, half: bool = False) -> nn.Module:
-    """Eval mode, fused, gradients off, on ``device`` (float16 if ``half``), in place."""
+def prepare_model(model: nn.Module, device: torch.device, half: bool = False, fuse: bool = True) -> nn.Module:
+    """Eval mode, fused (if ``fuse``), gradients off, on ``device`` (float16 if ``half``), in place.
+    The one preparation for inference: exports and :class:`efyolo.engine.predictor.PyTorchBackend`."""
     model = model.eval()
-    if hasattr(model, "fuse"):
+    if fuse and hasattr(model, "fuse"):
         model.fuse()
     model = model.to(device)
     if half:
