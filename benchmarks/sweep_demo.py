@@ -16,12 +16,14 @@ initial value). The per-epoch mAP50 curve and the final mAP of `best.pt` are wri
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -63,9 +65,8 @@ def run_one(name: str, overrides: dict[str, Any], device: str, workers: int, thr
 
     t0 = time.time()
     result = train(device=device, workers=workers, project=project, name=name, amp=False, **overrides)
-    rows = (result.save_dir / "results.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    curve = [round(float(r.split(",")[header.index("mAP50")]), 4) for r in rows[1:]]
+    with open(result.save_dir / "results.csv", newline="") as f:
+        curve = [round(float(row["mAP50"]), 4) for row in csv.DictReader(f)]
     return {
         "name": name, "overrides": overrides | ({"ls_init": ls_init} if ls_init is not None else {}),
         "mAP50": round(float(result.metrics["map50"]), 4),
@@ -133,7 +134,8 @@ def main() -> int:
             for item in [r for r in running if r[1].poll() is not None]:
                 running.remove(item)
                 name, proc, out = item
-                r = json.load(open(out)) if os.path.exists(out) else {"name": name, "error": f"exit {proc.returncode}"}
+                done = os.path.exists(out)
+                r = json.loads(Path(out).read_text()) if done else {"name": name, "error": f"exit {proc.returncode}"}
                 results.append(r)
                 print(json.dumps(r), flush=True)
                 with open(args.out, "w") as f:
