@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -103,6 +104,33 @@ def test_ema_follows_model() -> None:
         ema.update(model)
     assert torch.allclose(ema.ema.weight, torch.ones(1, 2), atol=1e-6)
     assert 0 < d < 0.9
+
+
+def test_ema_update_is_the_exact_average_of_every_tensor() -> None:
+    """Parameters and float buffers: d * ema + (1 - d) * model; integer buffers copied; the
+    cached tensor pairing follows in-place updates and a different model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = ModelEMA(model, decay=0.9, tau=5)
+    for step in range(3):
+        expected = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(2, 3, 8, 8))  # moves BN running stats and num_batches_tracked
+        ema.update(model)
+        d = ema.decay()
+        for k, v in ema.ema.state_dict().items():
+            m = model.state_dict()[k]
+            want = m if not v.dtype.is_floating_point else d * expected[k] + (1 - d) * m
+            assert torch.allclose(v, want, atol=1e-6), (step, k)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.fill_(2.0)
+    before = ema.ema[0].weight.clone()
+    ema.update(other)
+    d = ema.decay()
+    assert torch.allclose(ema.ema[0].weight, d * before + (1 - d) * 2.0, atol=1e-6)
 
 
 def test_optimizer_groups_and_warmup() -> None:

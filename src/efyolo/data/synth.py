@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
@@ -129,6 +130,24 @@ class SynthConfig:
         lo, hi = self.jpeg_quality
         if not 1 <= lo <= hi <= 100:
             raise EfyoloError(f"SynthConfig.jpeg_quality: need 1 <= lo <= hi <= 100, got {lo, hi}")
+
+
+def as_synth_config(config: "SynthConfig | Mapping[str, Any] | None") -> SynthConfig:
+    """``config`` as a :class:`SynthConfig`: the defaults for None, a mapping's keys over them.
+
+    Mappings come from YAML or ``efyolo.train(synth={"config": {...}})`` (and from ``args.yaml``
+    of a run, where the dataclass was written as a plain mapping); an unknown key is an error.
+    """
+    if config is None or isinstance(config, SynthConfig):
+        return config or SynthConfig()
+    if not isinstance(config, Mapping):
+        raise EfyoloError(f"synthetic dataset config: expected a mapping, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise EfyoloError(f"synthetic dataset config: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return SynthConfig(**values)
 
 
 @dataclass(frozen=True)
@@ -538,7 +557,7 @@ def generate_dataset(
     imgsz: int = 320,
     seed: int = 0,
     workers: int | None = None,
-    config: SynthConfig | None = None,
+    config: SynthConfig | Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the synthetic dataset in YOLO format.
 
@@ -555,7 +574,7 @@ def generate_dataset(
         seed: Dataset seed (>= 0).
         workers: Worker processes; 0 or 1 runs inline; None runs inline below 4000 images and
             uses one process per CPU (at most 8) above.
-        config: Difficulty knobs; the documented defaults when None.
+        config: Difficulty knobs (a SynthConfig or a mapping of its fields); the defaults when None.
 
     Returns:
         The path of ``data.yaml``.
@@ -564,7 +583,7 @@ def generate_dataset(
         EfyoloError: Bad arguments, or ``out_dir`` holds something else.
     """
     _check_params(n_train, n_val, imgsz, seed, workers)
-    config = config or SynthConfig()
+    config = as_synth_config(config)
     out = Path(out_dir).expanduser().resolve()
     _prepare_out_dir(out)
     return _write_dataset(out, out, _params(n_train, n_val, imgsz, seed, config), config, workers)
@@ -599,7 +618,7 @@ def default_dataset(
     imgsz: int = 320,
     seed: int = 0,
     workers: int | None = None,
-    config: SynthConfig | None = None,
+    config: SynthConfig | Mapping[str, Any] | None = None,
 ) -> Path:
     """The synthetic dataset in the cache, generated on first use and reused afterwards.
 
@@ -616,7 +635,7 @@ def default_dataset(
         The path of the cached ``data.yaml``.
     """
     _check_params(n_train, n_val, imgsz, seed, workers)
-    config = config or SynthConfig()
+    config = as_synth_config(config)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache = cache.resolve()
     final = cache / dataset_name(n_train, n_val, imgsz, seed, config)
