@@ -10,7 +10,7 @@ import torch
 
 from efyolo import EfyoloError, build_model
 from efyolo.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from efyolo.engine.ema import ModelEMA
+from efyolo.engine.ema import ModelEMA, ema_horizon
 from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.ops.nms import non_max_suppression
 
@@ -131,6 +131,16 @@ def test_ema_update_is_the_exact_average_of_every_tensor() -> None:
     ema.update(other)
     d = ema.decay()
     assert torch.allclose(ema.ema[0].weight, d * before + (1 - d) * 2.0, atol=1e-6)
+
+
+def test_ema_horizon_keeps_yolov5_for_long_runs_and_shortens_it_for_short_ones() -> None:
+    assert ema_horizon(500_000) == (0.9999, 2000)
+    decay, tau = ema_horizon(1000)  # the CPU demo: a window of 100 steps, ramp 20
+    assert decay == pytest.approx(0.99) and tau == pytest.approx(20)
+    for steps in (1, 10, 300, 5000, 50_000):
+        decay, tau = ema_horizon(steps)
+        window = 1 / (1 - decay)
+        assert 1 <= window <= max(steps / 10, 1) + 1e-6 and 0 < tau <= window / 5 + 1e-9
 
 
 def test_optimizer_groups_and_warmup() -> None:

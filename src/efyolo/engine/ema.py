@@ -14,6 +14,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
+def ema_horizon(total_steps: int, decay: float = 0.9999, tau: float = 2000) -> tuple[float, float]:
+    """EMA ``(decay, tau)`` for a run of ``total_steps`` optimizer steps.
+
+    YOLOv5's 0.9999 / 2000 suit its runs of 10^5 to 10^6 steps: the average spans the last ~10,000
+    steps. A short run (the CPU demo makes ~1,000) never gets there: at step 1,000 the decay has
+    ramped only to 0.39, so the "average" is the last step or two. Here the window ``1 / (1 - decay)``
+    is at most a tenth of the run and the ramp ``tau`` a fifth of the window, which leaves long
+    runs exactly as YOLOv5 has them (window 10,000 steps, tau 2,000) and gives the demo a window of
+    100 steps.
+    """
+    window = min(1.0 / (1.0 - decay), max(total_steps / 10.0, 1.0))
+    return 1.0 - 1.0 / max(window, 1.0 + 1e-6), min(tau, window / 5.0)
+
+
 class ModelEMA:
     """Keeps ``ema = d * ema + (1 - d) * model`` for every float tensor of the state dict.
 

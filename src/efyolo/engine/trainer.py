@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from efyolo.engine import distributed as ddp
 from efyolo.engine.checkpoint import load_checkpoint, save_checkpoint
-from efyolo.engine.ema import ModelEMA, unwrap
+from efyolo.engine.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.engine.select_device import select_device
 from efyolo.engine.train_config import TrainConfig, load_hyp
@@ -295,13 +295,15 @@ class Trainer:
             for m in unwrap(self.model).modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None:
                     m.momentum = max(m.momentum, 0.1)
-        self.ema = ModelEMA(self.model) if self.dist.is_main else None
+        decay, tau = ema_horizon(max(total_iters // self.accumulate, 1))
+        self.ema = ModelEMA(self.model, decay, tau) if self.dist.is_main else None
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._print(
             f"optimizer: {name}(lr={self.lr0:g}, momentum={hyp['momentum']}) with parameter groups "
             f"{[g['name'] for g in self.optimizer.param_groups]}, weight_decay={weight_decay:g}, "
-            f"accumulate {self.accumulate} batches (nominal batch {cfg.nbs}), warmup {self.nw} iterations"
+            f"accumulate {self.accumulate} batches (nominal batch {cfg.nbs}), warmup {self.nw} iterations, "
+            f"EMA decay {decay:.4g} (ramp {tau:g} steps)"
         )
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
