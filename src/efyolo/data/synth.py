@@ -57,7 +57,7 @@ from efyolo.data.synth_shapes import (
 from efyolo.errors import EfyoloError
 
 # Bump when the same arguments would produce different bytes; it is part of the cache folder name.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: fewer objects and distractors, less noise and blur, more contrast
 MIN_IMGSZ = 32
 SPLITS: tuple[tuple[str, int], ...] = (("train", 0), ("val", 1))  # (name, split_id for the seed)
 MARKER = ".efyolo-synth.json"  # written first (complete: false) and last (complete: true)
@@ -95,16 +95,16 @@ class SynthConfig:
 
     min_size: float = 8.0
     max_size: float = 0.5
-    max_objects: int = 12
+    max_objects: int = 8
     empty_prob: float = 0.05
     min_visible: float = 0.6
     max_truncation: float = 0.25
-    clutter: float = 6.0
+    clutter: float = 3.0
     clutter_over: float = 0.3
-    noise: float = 8.0
-    blur_prob: float = 0.3
+    noise: float = 4.0
+    blur_prob: float = 0.15
     blur_sigma: float = 1.2
-    min_contrast: float = 100.0
+    min_contrast: float = 140.0
     shading: float = 0.15
     outline_prob: float = 0.3
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS
@@ -601,7 +601,7 @@ def dataset_name(
     seed: int = 0,
     config: SynthConfig | None = None,
 ) -> str:
-    """Cache folder name for a parameter set, e.g. ``synth-v1-800-200-320-s0``."""
+    """Cache folder name for a parameter set, e.g. ``synth-v2-800-200-320-s0``."""
     name = f"synth-v{SYNTH_VERSION}-{n_train}-{n_val}-{imgsz}-s{seed}"
     if config is not None and config != SynthConfig():
         digest = hashlib.sha1(
