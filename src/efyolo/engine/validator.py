@@ -58,6 +58,7 @@ def evaluate(
     collect_json: bool = False,
     progress: bool = True,
     desc: str = "val",
+    multi_label: bool = True,
 ) -> Evaluation:
     """Predict every image of ``dataloader`` and score against its ground truth.
 
@@ -68,6 +69,9 @@ def evaluate(
         names: class names.
         loss_fn: ``(raw_outputs, targets) -> (loss, items)``; needs ``model.forward_train_and_eval``.
         collect_json: also return COCO-results dicts.
+        multi_label: NMS keeps every class whose score ``objectness x class probability`` passes
+            ``conf`` as its own detection (YOLOv5's val.py does; a box whose class is uncertain
+            then still scores for its true class), not only the best class (what ``detect`` does).
     """
     device = torch.device(device)
     dataset = dataloader.dataset
@@ -90,7 +94,7 @@ def evaluate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
-        dets = non_max_suppression(pred.float(), conf, iou, max_det=max_det)
+        dets = non_max_suppression(pred.float(), conf, iou, multi_label=multi_label, max_det=max_det)
         t3 = time.perf_counter()
         times += (t1 - t0, t2 - t1, t3 - t2)
         for det, path, (orig_shape, ratio_pad) in zip(dets, paths, shapes):
