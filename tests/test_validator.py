@@ -56,3 +56,18 @@ def test_multi_label_is_the_default(tmp_path: Path) -> None:
     dataset = DetectionDataset(scan_split(cfg, "val", cache=False), 64, augment=False, rect=False, stride=32)
     loader = build_dataloader(dataset, 2, 0, shuffle=False)
     assert evaluate(uncertain_model, loader, list(cfg.names), "cpu", progress=False).result.map50 == pytest.approx(1.0)
+
+
+def test_efyolo_val_is_the_python_form_of_efyolo_val(tmp_path: Path) -> None:
+    import efyolo
+    from efyolo.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = efyolo.build_model("yolov5n", nc=2)
+    weights = save_checkpoint({"model_config": model.yaml, "state_dict": model.state_dict(),
+                               "names": ["square", "disc"], "imgsz": 64}, tmp_path / "w.pt")
+    metrics = efyolo.val(weights, data=one_class_dataset(tmp_path / "d"), imgsz=64, batch=2, workers=0,
+                         device="cpu", project=tmp_path / "runs", plots=False)
+    assert "val" in efyolo.__all__
+    assert 0.0 <= metrics["map50"] <= 1.0 and {"map", "precision", "recall", "speed"} <= set(metrics)
+    assert Path(metrics["save_dir"]).parent == tmp_path / "runs"

@@ -6,6 +6,7 @@ Public API::
     model = efyolo.build_model("yolov5s-efficientformer-l1", nc=6)
     backbone = efyolo.build_backbone("efficientformer_l1", weights="efficientformer_l1.pth")
     result = efyolo.train(data="data.yaml", model="yolov5s-efficientformer-l1", epochs=50)
+    metrics = efyolo.val(result.best, data="data.yaml", imgsz=640)  # efyolo val --weights
     detections = efyolo.Detector(result.best)("image.jpg")
 
 The names are imported on first use, so ``import efyolo`` (and the ``efyolo`` command's start-up)
@@ -17,13 +18,15 @@ from typing import Any
 from efyolo.errors import EfyoloError
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "train", "__version__"]
+__all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "train", "val", "__version__"]
 
+# public name -> "module" (same attribute name) or "module:attribute"
 _LAZY = {
     "build_model": "efyolo.models",
     "build_backbone": "efyolo.models",
     "Detector": "efyolo.engine.predictor",
     "train": "efyolo.engine.trainer",
+    "val": "efyolo.engine.validator:validate_model",
 }
 
 
@@ -31,7 +34,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'efyolo' has no attribute {name!r}")
 
 
