@@ -3,6 +3,7 @@ the cache, and the ``efyolo synth`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -295,3 +296,16 @@ def test_bad_api_arguments_raise(tmp_path):
         generate_dataset(tmp_path / "b", imgsz=64.0)
     with pytest.raises(EfyoloError, match="backgrounds"):
         SynthConfig(backgrounds=("plaid",))
+
+
+def test_config_from_a_mapping_as_in_args_yaml(tmp_path, monkeypatch):
+    """`train(synth={"config": {...}})` and a run's args.yaml (where tuples became lists) give the
+    same dataset as the SynthConfig itself; an unknown key names itself."""
+    monkeypatch.setenv("EFYOLO_CACHE", str(tmp_path / "cache"))
+    config = SynthConfig(clutter=0, jpeg_quality=(80, 90))
+    as_yaml = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(config)))
+    assert isinstance(as_yaml["jpeg_quality"], list)
+    params = dict(n_train=2, n_val=1, imgsz=64)
+    assert default_dataset(**params, config=as_yaml) == default_dataset(**params, config=config)
+    with pytest.raises(EfyoloError, match="unknown key.*'clutterr'"):
+        default_dataset(**params, config={"clutterr": 1})
