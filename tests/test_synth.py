@@ -309,3 +309,5 @@ def test_config_from_a_mapping_as_in_args_yaml(tmp_path, monkeypatch):
     assert default_dataset(**params, config=as_yaml) == default_dataset(**params, config=config)
     with pytest.raises(EfyoloError, match="unknown key.*'clutterr'"):
         default_dataset(**params, config={"clutterr": 1})
+    with pytest.raises(EfyoloError, match="synthetic dataset config.*clutter"):
+        default_dataset(**params, config={"clutter": "many"})

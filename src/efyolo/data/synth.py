@@ -147,7 +147,10 @@ def as_synth_config(config: "SynthConfig | Mapping[str, Any] | None") -> SynthCo
     if unknown:
         raise EfyoloError(f"synthetic dataset config: unknown key(s) {unknown}; known: {sorted(known)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return SynthConfig(**values)
+    try:
+        return SynthConfig(**values)
+    except (TypeError, ValueError) as e:  # e.g. a string where a number belongs
+        raise EfyoloError(f"synthetic dataset config {dict(config)}: {e}") from None
 
 
 @dataclass(frozen=True)
