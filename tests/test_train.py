@@ -147,7 +147,7 @@ def test_demo_defaults_only_without_data() -> None:
     demo = TrainConfig.from_kwargs()
     assert demo.data is None and demo.imgsz == 192 and "efficientformer" in demo.model
     assert demo.autoanchor == "refit"
-    assert load_hyp(demo.hyp)["cls"] == 1.0 and load_hyp(demo.hyp)["lrf"] == 0.1
+    assert load_hyp(demo.hyp)["cls"] == 1.5 and load_hyp(demo.hyp)["lrf"] == 0.1
     assert load_hyp(TrainConfig.from_kwargs(hyp={"box": 0.1}).hyp)["cls"] == 0.5  # own hyp: own values
     real = TrainConfig.from_kwargs(data="x.yaml")
     assert real.imgsz == 640 and real.model == "yolov5s" and real.autoanchor == "check"
