@@ -6,7 +6,7 @@ candidates side by side, each a real `efyolo.train` run in its own process (floa
 that the numerics are the CPU's); the CPU then confirms the winner with the real command.
 
     python benchmarks/sweep_demo.py --device 0 --parallel 6 --out sweep.json
-    python benchmarks/sweep_demo.py --only base,cls1.5 --device cpu --parallel 1
+    python benchmarks/sweep_demo.py --only base,cls1.0 --device cpu --parallel 1
 
 Each candidate is a name and overrides of the demo defaults (`efyolo.train` keyword arguments;
 ``hyp`` merges over the demo's hyperparameters; ``synth`` replaces the dataset parameters, with
@@ -35,7 +35,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "base-seed1": {"seed": 1},
     "base-seed2": {"seed": 2},
     "base-e20": {"epochs": 20},
-    "cls1.5": {"hyp": {"cls": 1.5}},
+    "cls1.0": {"hyp": {"cls": 1.0}},
+    "cls2.0": {"hyp": {"cls": 2.0}},
     "cls0.5": {"hyp": {"cls": 0.5}},  # YOLOv5's class gain
     "lrf0.01": {"hyp": {"lrf": 0.01}},  # YOLOv5's final learning rate
     "lr2": {"lr0": 0.002},
