@@ -10,8 +10,7 @@ that the numerics are the CPU's); the CPU then confirms the winner with the real
 
 Each candidate is a name and overrides of the demo defaults (`efyolo.train` keyword arguments;
 ``hyp`` merges over the demo's hyperparameters; ``synth`` replaces the dataset parameters, with
-``config`` a mapping of ``SynthConfig`` fields; ``ls_init`` sets EfficientFormer's layer-scale
-initial value). The per-epoch mAP50 curve and the final mAP of `best.pt` are written to ``--out``.
+``config`` a mapping of ``SynthConfig`` fields). The per-epoch mAP50 curve and the final mAP of `best.pt` are written to ``--out``.
 """
 
 from __future__ import annotations
@@ -56,13 +55,6 @@ def run_one(name: str, overrides: dict[str, Any], device: str, workers: int, thr
         from efyolo.engine.train_config import DEMO_DEFAULTS
 
         overrides["hyp"] = {**DEMO_DEFAULTS.get("hyp", {}), **overrides["hyp"]}
-    ls_init = overrides.pop("ls_init", None)
-    if ls_init is not None:  # every Stage builds its blocks with this layer-scale value
-        from efyolo.models import efficientformer
-
-        defaults = list(efficientformer.Stage.__init__.__defaults__)
-        defaults[-1] = float(ls_init)
-        efficientformer.Stage.__init__.__defaults__ = tuple(defaults)
     from efyolo import train
 
     t0 = time.time()
@@ -70,7 +62,7 @@ def run_one(name: str, overrides: dict[str, Any], device: str, workers: int, thr
     with open(result.save_dir / "results.csv", newline="") as f:
         curve = [round(float(row["mAP50"]), 4) for row in csv.DictReader(f)]
     return {
-        "name": name, "overrides": overrides | ({"ls_init": ls_init} if ls_init is not None else {}),
+        "name": name, "overrides": overrides,
         "mAP50": round(float(result.metrics["map50"]), 4),
         "mAP50-95": round(float(result.metrics["map"]), 4),
         "curve": curve, "seconds": round(time.time() - t0, 1),

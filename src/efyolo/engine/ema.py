@@ -52,7 +52,7 @@ class ModelEMA:
         """Match every EMA tensor with the model's tensor of the same name, once per model.
 
         The tensors of a module keep their identity while it trains (updates are in place), so
-        the pairing is reused; ``update`` then costs two fused multi-tensor kernels instead of a
+        the pairing is reused; ``update`` then costs one multi-tensor lerp instead of a
         ``state_dict()`` walk and two small ops per tensor (9-11 ms -> 1.6-1.8 ms a step for the
         demo's 3 M parameters on 2 CPU cores).
         """
