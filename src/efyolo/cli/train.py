@@ -17,7 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset YAML (default: the built-in synthetic dataset)")
     p.add_argument("--model", help="model name or YAML (default: yolov5s; without --data yolov5n-efficientformer-l0)")
     p.add_argument("--imgsz", type=int, help="train/val image size (default 640; 192 without --data)")
-    p.add_argument("--epochs", type=int, help="epochs (default 100; 10 without --data)")
+    p.add_argument("--epochs", type=int, help="epochs (default 100; without --data 11, re-planned by --time)")
+    p.add_argument("--time", type=float,
+                   help="wall-clock budget in hours: re-plan the epochs to fit it (default none; without "
+                        "--data and --epochs 0.15, i.e. 9 minutes)")
     p.add_argument("--batch", type=int, help="total batch size (default 16; 8 without --data)")
     p.add_argument("--device", help="cpu, 0 or 0,1 (default: CUDA 0 if available)")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")

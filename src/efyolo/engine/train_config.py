@@ -19,7 +19,10 @@ from efyolo.yaml_io import read_yaml_mapping
 DEMO_DEFAULTS = {
     "model": "yolov5n-efficientformer-l0",
     "imgsz": 192,
-    "epochs": 11,
+    "epochs": 11,  # the first plan; --time re-plans it after every epoch
+    # 9 minutes in all, so that the run ends within 10 on a 2-core machine of any speed: a faster
+    # machine trains more epochs (see README, "The demo"). Not applied when --epochs is given.
+    "time": 0.15,
     "batch": 8,
     "lr0": 0.003,
     "close_mosaic": 3,
@@ -43,7 +46,10 @@ class TrainConfig:
         data: dataset YAML; ``None`` uses the built-in synthetic dataset (generated once, cached).
         model: model name or YAML (ignored with ``weights``, whose checkpoint carries its model).
         imgsz: training and validation size (a multiple of the model stride).
-        epochs: total epochs.
+        epochs: total epochs (with ``time``: the first plan, re-planned after every epoch).
+        time: a wall-clock budget in hours for the whole run (Ultralytics' ``time``): after each
+            epoch the number of epochs is re-planned to what still fits, and the learning-rate
+            schedule and ``close_mosaic`` follow; ``None``: no budget.
         batch: total batch size (split across DDP processes).
         device: ``""`` (auto), ``cpu``, ``0``, ``0,1``.
         workers: DataLoader workers per process.
@@ -76,6 +82,7 @@ class TrainConfig:
     model: str = "yolov5s"
     imgsz: int = 640
     epochs: int = 100
+    time: float | None = None
     batch: int = 16
     device: str = ""
     workers: int = 2
@@ -114,8 +121,14 @@ class TrainConfig:
             raise EfyoloError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
         given = {k: v for k, v in kwargs.items() if v is not None}
         if given.get("data") is None and not given.get("resume"):
+            explicit_epochs = "epochs" in given
             for key, value in DEMO_DEFAULTS.items():
+                if key == "time" and explicit_epochs:
+                    continue  # an explicit epoch count is not re-planned
                 given.setdefault(key, value)
+        hours = given.get("time")
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
+            raise EfyoloError(f"time must be a positive number of hours, got {given['time']!r}")
         if given.get("autoanchor", "check") not in AUTOANCHOR_MODES:
             raise EfyoloError(f"autoanchor must be one of {AUTOANCHOR_MODES}, got {given['autoanchor']!r}")
         return cls(**given)

@@ -28,6 +28,7 @@ from efyolo.engine.checkpoint import load_checkpoint, save_checkpoint
 from efyolo.engine.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.engine.select_device import select_device
+from efyolo.engine.time_budget import TimeBudget
 from efyolo.engine.train_config import TrainConfig, load_hyp
 from efyolo.errors import EfyoloError
 
@@ -91,6 +92,9 @@ class Trainer:
         self.best_fitness = -1.0
         self.epochs_without_improvement = 0
         self.stop = False
+        self.budget: TimeBudget | None = None  # --time
+        self.out_of_time = False  # the budget ended an epoch early
+        self.last_train_seconds = 0.0
 
     # ------------------------------------------------------------------------------- setup
     def _print(self, *args: Any) -> None:
@@ -335,30 +339,58 @@ class Trainer:
     # ------------------------------------------------------------------------------- loop
     def train(self) -> TrainResult:
         """Run (or resume) the whole schedule, then validate ``best.pt``; returns the run's result."""
+        t_setup = time.time()  # with --time, setup (dataset generation included) counts towards the budget
         self.setup()
         cfg = self.cfg
+        if cfg.time:
+            used = float(self.resume_ckpt.get("time_used") or 0.0) if self.resume_ckpt is not None else 0.0
+            self.budget = TimeBudget(seconds=cfg.time * 3600.0, start=t_setup - used)
         t0 = time.time()
         where = f"{self.device}" + (" with AMP" if self.amp else "")
-        self._print(f"Training {cfg.epochs - self.start_epoch} epochs at imgsz {cfg.imgsz}, batch {cfg.batch} on "
-                    f"{where}; results in {self.save_dir}")
+        plan = (f"for {cfg.time * 60:.1f} minutes (first plan {cfg.epochs - self.start_epoch} epochs)" if self.budget
+                else f"{cfg.epochs - self.start_epoch} epochs")
+        self._print(f"Training {plan} at imgsz {cfg.imgsz}, batch {cfg.batch} on {where}; results in {self.save_dir}")
         epoch = self.start_epoch
-        for epoch in range(self.start_epoch, cfg.epochs):
+        while epoch < cfg.epochs:
+            t_epoch = time.time()
             train_losses = self.train_epoch(epoch)
+            if self.budget is not None:
+                self._replan(epoch, time.time() - t_epoch)
             if self.dist.is_main:
                 final_epoch = epoch + 1 == cfg.epochs
+                t_val = time.time()
                 evaluation = self.validate() if (cfg.val or final_epoch) else None
+                if evaluation is not None and self.budget is not None:
+                    self.budget.val_seconds = time.time() - t_val
                 self.record(epoch, train_losses, evaluation, time.time() - t0)
                 self.save(epoch, evaluation, finished=final_epoch)
+            if self.budget is not None:
+                self.budget.epoch_seconds.append(time.time() - t_epoch)
             self.stop = bool(ddp.broadcast_object(self.stop))
             if self.stop:
                 self._print(f"Stopping early: no improvement for {cfg.patience} epochs")
                 break
+            epoch += 1
+        epoch = min(epoch, cfg.epochs - 1)
         result = TrainResult(self.save_dir, self.wdir / "best.pt", self.wdir / "last.pt", {}, epoch + 1)
         if self.dist.is_main:
             result.metrics = self.final_validation()
             self._print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 60:.1f} minutes")
         ddp.barrier()
         return result
+
+    def _replan(self, epoch: int, train_seconds: float) -> None:
+        """``--time``: set the run's epochs to what fits the budget (rank 0 decides for all ranks)."""
+        assert self.budget is not None
+        self.last_train_seconds = train_seconds
+        epochs = self.budget.plan(epoch + 1, train_seconds) if not self.out_of_time else epoch + 1
+        epochs = int(ddp.broadcast_object(epochs))
+        if epochs != self.cfg.epochs:
+            per_epoch = self.budget.epoch_seconds[-1] if self.budget.epoch_seconds else train_seconds
+            self._print(f"Time budget {self.cfg.time * 60:.1f} min, {self.budget.elapsed() / 60:.1f} used: "
+                        f"{epochs} epochs in all (was {self.cfg.epochs}; ~{per_epoch:.0f} s per epoch)")
+            self.cfg.epochs = epochs
+            self.lf = lr_lambda(epochs, self.hyp["lrf"], self.cfg.cos_lr)
 
     def _set_lr(self, epoch: int, ni: int) -> None:
         hyp = self.hyp
@@ -383,6 +415,10 @@ class Trainer:
                    bar_format="{l_bar}{bar:10}{r_bar}", desc=f"{epoch + 1}/{cfg.epochs}")
         self.optimizer.zero_grad()
         last_step = -1
+        # --time: stop inside the epoch rather than overrun the budget (not under DDP, where all
+        # ranks would have to agree on every iteration; they re-plan at epoch ends only).
+        deadline = (self.budget.train_deadline(self.last_train_seconds)
+                    if self.budget is not None and not self.dist.enabled else None)
         for i, (imgs, targets, _, _) in bar:
             ni = i + self.nb * epoch
             self._set_lr(epoch, ni)
@@ -409,6 +445,14 @@ class Trainer:
             if not math.isfinite(float(loss.detach())):
                 raise RuntimeError(f"training loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i}; "
                                    "lower --lr0 or check the labels")
+            if deadline is not None and time.time() > deadline and i < self.nb - 1:
+                if last_step != ni:
+                    self.optimizer_step()
+                self.out_of_time = True
+                bar.close()
+                self._print(f"Time budget reached after {i + 1}/{self.nb} batches of epoch {epoch + 1}: "
+                            "this epoch is the last")
+                break
         return mean_loss.numpy()
 
     def optimizer_step(self) -> None:
@@ -483,6 +527,7 @@ class Trainer:
             "rng": _rng_state(),
             "epochs_without_improvement": self.epochs_without_improvement,
             "finished": finished or self.stop,
+            "time_used": self.budget.elapsed() if self.budget is not None else None,
         }
         save_checkpoint({**payload, **resume_state}, self.wdir / "last.pt")
         if self.improved or not (self.wdir / "best.pt").exists():
