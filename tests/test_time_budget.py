@@ -21,18 +21,22 @@ TINY = dict(model="yolov5n", imgsz=64, batch=8, workers=0, patience=0, close_mos
 def test_plan_fits_the_epochs_that_are_left() -> None:
     budget = TimeBudget(seconds=100.0, start=0.0, epoch_seconds=[10.0, 10.0], val_seconds=2.0)
     # left after this epoch's training: 100 - 30 - (2 validations of 2 s + 5 s) = 61 -> 6 epochs of 10 s
-    assert budget.plan(epochs_done=3, train_seconds=8.0, now=30.0) == 3 + 6
-    # a slower latest epoch counts more than the mean: 61 // 20 = 3
+    assert budget.plan(epochs_done=3, train_seconds=8.0, planned=9, now=30.0) == 3 + 6
+    assert budget.plan(epochs_done=3, train_seconds=8.0, planned=12, now=30.0) == 3 + 6  # shrinks at once
+    # grows only with a quarter epoch to spare: 6.1 epochs fit, 5 are planned on top of the 3 done
+    assert budget.plan(epochs_done=3, train_seconds=8.0, planned=5, now=30.0) == 3 + 5
+    assert budget.plan(epochs_done=3, train_seconds=8.0, planned=5, now=27.0) == 3 + 6  # 6.4 fit
+    # the mean epoch counts: (10 + 10 + 20) / 3 = 13.3 s -> 61 // 13.3 = 4
     budget.epoch_seconds.append(20.0)
-    assert budget.plan(epochs_done=3, train_seconds=8.0, now=30.0) == 3 + 3
+    assert budget.plan(epochs_done=3, train_seconds=8.0, planned=9, now=30.0) == 3 + 4
 
 
 def test_plan_before_any_timing_and_when_time_is_up() -> None:
     fresh = TimeBudget(seconds=100.0, start=0.0)
     # no epoch timed yet: train time + a validation guessed at a quarter of it (10 + 2.5 s per epoch);
     # reserve 2 x 2.5 + 5 = 10 s: (100 - 10 - 10) / 12.5 = 6.4 -> 6
-    assert fresh.plan(epochs_done=1, train_seconds=10.0, now=10.0) == 1 + 6
-    assert fresh.plan(epochs_done=4, train_seconds=10.0, now=99.0) == 4  # nothing fits: stop now
+    assert fresh.plan(epochs_done=1, train_seconds=10.0, planned=7, now=10.0) == 1 + 6
+    assert fresh.plan(epochs_done=4, train_seconds=10.0, planned=7, now=99.0) == 4  # nothing fits: stop now
     assert fresh.train_deadline(10.0) == 100.0 - 10.0
 
 
@@ -56,7 +60,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def test_run_follows_the_plan(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     """The epochs grow to what the budget plans; the LR schedule and checkpoints follow the plan."""
     plans = iter([3, 3, 3])
-    monkeypatch.setattr(TimeBudget, "plan", lambda self, epochs_done, train_seconds, now=None: next(plans))
+    monkeypatch.setattr(TimeBudget, "plan", lambda self, epochs_done, train_seconds, planned, now=None: next(plans))
     result = train(data=str(tiny_data), epochs=1, time=1.0, project=str(tmp_path), name="run", **TINY)
     assert result.epochs_run == 3
     rows = list(csv.DictReader((result.save_dir / "results.csv").open()))

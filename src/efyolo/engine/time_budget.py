@@ -6,9 +6,8 @@ timed: after each epoch's training, the epochs that still fit are
 
     floor((budget - elapsed - reserve) / seconds_per_epoch)
 
-where ``seconds_per_epoch`` is the slower of the mean and the latest epoch (training, validation
-and checkpoint), and ``reserve`` leaves room for the current epoch's validation and the final
-validation of ``best.pt``. The learning-rate schedule and ``close_mosaic`` follow the plan. Should
+where ``seconds_per_epoch`` is the mean epoch so far (training, validation and checkpoint), and
+``reserve`` leaves room for the current epoch's validation and the final validation of ``best.pt``. The learning-rate schedule and ``close_mosaic`` follow the plan. Should
 the machine slow down so much that even the planned epoch would overrun, the training stops inside
 the epoch at :attr:`TimeBudget.train_deadline` and that epoch becomes the last.
 """
@@ -52,20 +51,26 @@ class TimeBudget:
         """Seconds to keep for one validation now and the final validation of ``best.pt``."""
         return 2.0 * self.val_estimate(train_seconds) + _FINAL_EXTRA_S
 
-    def plan(self, epochs_done: int, train_seconds: float, now: float | None = None) -> int:
+    def plan(self, epochs_done: int, train_seconds: float, planned: int, now: float | None = None) -> int:
         """Total epochs for the run, right after the training part of epoch ``epochs_done``.
 
         Args:
             epochs_done: epochs whose training has finished (including the one just trained).
             train_seconds: how long that epoch's training took.
+            planned: the current plan. It shrinks as soon as it no longer fits, but grows only with a
+                quarter of an epoch to spare: a plan that flips back and forth on the noise of the
+                epoch times would shake the learning-rate schedule.
 
         Returns:
             At least ``epochs_done`` (which means: this epoch is the last).
         """
         cycles = self.epoch_seconds or [train_seconds + self.val_estimate(train_seconds)]
-        per_epoch = max(sum(cycles) / len(cycles), cycles[-1])
+        per_epoch = sum(cycles) / len(cycles)
         left = self.seconds - self.elapsed(now) - self.reserve(train_seconds)
-        return epochs_done + max(math.floor(left / per_epoch), 0)
+        fits = epochs_done + max(math.floor(left / per_epoch), 0)
+        if fits > planned:
+            fits = max(planned, epochs_done + max(math.floor(left / per_epoch - 0.25), 0))
+        return fits
 
     def train_deadline(self, train_seconds: float) -> float:
         """``time.time()`` after which an epoch's training must stop to leave room for the rest."""

@@ -383,10 +383,11 @@ class Trainer:
         """``--time``: set the run's epochs to what fits the budget (rank 0 decides for all ranks)."""
         assert self.budget is not None
         self.last_train_seconds = train_seconds
-        epochs = self.budget.plan(epoch + 1, train_seconds) if not self.out_of_time else epoch + 1
+        epochs = epoch + 1 if self.out_of_time else self.budget.plan(epoch + 1, train_seconds, self.cfg.epochs)
         epochs = int(ddp.broadcast_object(epochs))
         if epochs != self.cfg.epochs:
-            per_epoch = self.budget.epoch_seconds[-1] if self.budget.epoch_seconds else train_seconds
+            cycles = self.budget.epoch_seconds or [train_seconds]
+            per_epoch = sum(cycles) / len(cycles)
             self._print(f"Time budget {self.cfg.time * 60:.1f} min, {self.budget.elapsed() / 60:.1f} used: "
                         f"{epochs} epochs in all (was {self.cfg.epochs}; ~{per_epoch:.0f} s per epoch)")
             self.cfg.epochs = epochs
