@@ -49,12 +49,15 @@ def run_one(name: str, overrides: dict[str, Any], device: str, workers: int, thr
     """One `efyolo.train` run in this (child) process; returns its curve and final metrics."""
     import torch
 
+    from efyolo.engine.train_config import DEMO_DEFAULTS
+
     torch.set_num_threads(threads)
     overrides = dict(overrides)
     if "hyp" in overrides:
-        from efyolo.engine.train_config import DEMO_DEFAULTS
-
         overrides["hyp"] = {**DEMO_DEFAULTS.get("hyp", {}), **overrides["hyp"]}
+    # A fixed epoch count (the demo's first plan), not the demo's time budget: runs that share a
+    # machine must be compared at equal training, and a GPU would fit hundreds of epochs in 9 minutes.
+    overrides.setdefault("epochs", DEMO_DEFAULTS["epochs"])
     from efyolo import train
 
     t0 = time.time()
