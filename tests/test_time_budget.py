@@ -82,3 +82,36 @@ def test_run_out_of_time_stops_inside_the_first_epoch(tiny_data: Path, tmp_path:
     last = torch.load(result.last, weights_only=True)
     assert last["finished"] and last["train_args"]["epochs"] == 1
     assert result.best.exists() and "map50" in result.metrics
+
+
+def test_resumed_run_keeps_its_budget(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A killed budgeted run resumes with its latest plan and the time it had already used."""
+    from efyolo.engine.trainer import Trainer
+
+    monkeypatch.setattr(TimeBudget, "plan", lambda self, epochs_done, train_seconds, planned, now=None: 3)
+    original_save = Trainer.save
+
+    def save_then_die(self, epoch, evaluation, finished=False):
+        original_save(self, epoch, evaluation, finished)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=str(tiny_data), epochs=1, time=1.0, project=str(tmp_path), name="run", **TINY)
+    last = torch.load(tmp_path / "run/weights/last.pt", weights_only=True)
+    assert not last["finished"] and last["train_args"]["epochs"] == 3 and last["time_used"] > 0
+    last["time_used"] = 1000.0  # as if the first session had run for 1000 s
+    torch.save(last, tmp_path / "run/weights/last.pt")
+    monkeypatch.setattr(Trainer, "save", original_save)
+
+    seen = []
+
+    def recording_plan(self, epochs_done, train_seconds, planned, now=None):
+        seen.append((planned, self.elapsed(now)))
+        return 3
+
+    monkeypatch.setattr(TimeBudget, "plan", recording_plan)
+    result = train(resume=str(tmp_path / "run/weights/last.pt"))
+    assert result.epochs_run == 3 and len(seen) == 2
+    assert seen[0][0] == 3  # the plan from the checkpoint
+    assert 1000.0 < seen[0][1] < 1100.0  # the budget counts the first session's time
