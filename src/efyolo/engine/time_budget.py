@@ -51,6 +51,11 @@ class TimeBudget:
         """Seconds to keep for one validation now and the final validation of ``best.pt``."""
         return 2.0 * self.val_estimate(train_seconds) + _FINAL_EXTRA_S
 
+    def seconds_per_epoch(self, train_seconds: float) -> float:
+        """The mean epoch so far, or before any is timed, ``train_seconds`` and a validation guess."""
+        cycles = self.epoch_seconds or [train_seconds + self.val_estimate(train_seconds)]
+        return sum(cycles) / len(cycles)
+
     def plan(self, epochs_done: int, train_seconds: float, planned: int, now: float | None = None) -> int:
         """Total epochs for the run, right after the training part of epoch ``epochs_done``.
 
@@ -64,8 +69,7 @@ class TimeBudget:
         Returns:
             At least ``epochs_done`` (which means: this epoch is the last).
         """
-        cycles = self.epoch_seconds or [train_seconds + self.val_estimate(train_seconds)]
-        per_epoch = sum(cycles) / len(cycles)
+        per_epoch = self.seconds_per_epoch(train_seconds)
         left = self.seconds - self.elapsed(now) - self.reserve(train_seconds)
         fits = epochs_done + max(math.floor(left / per_epoch), 0)
         if fits > planned:

@@ -386,10 +386,9 @@ class Trainer:
         epochs = epoch + 1 if self.out_of_time else self.budget.plan(epoch + 1, train_seconds, self.cfg.epochs)
         epochs = int(ddp.broadcast_object(epochs))
         if epochs != self.cfg.epochs:
-            cycles = self.budget.epoch_seconds or [train_seconds]
-            per_epoch = sum(cycles) / len(cycles)
             self._print(f"Time budget {self.cfg.time * 60:.1f} min, {self.budget.elapsed() / 60:.1f} used: "
-                        f"{epochs} epochs in all (was {self.cfg.epochs}; ~{per_epoch:.0f} s per epoch)")
+                        f"{epochs} epochs in all (was {self.cfg.epochs}; "
+                        f"~{self.budget.seconds_per_epoch(train_seconds):.0f} s per epoch)")
             self.cfg.epochs = epochs
             self.lf = lr_lambda(epochs, self.hyp["lrf"], self.cfg.cos_lr)
 
