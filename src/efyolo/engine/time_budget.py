@@ -37,7 +37,7 @@ class TimeBudget:
     """
 
     seconds: float
-    start: float = field(default_factory=time.time)
+    start: float
     epoch_seconds: list[float] = field(default_factory=list)
     val_seconds: float | None = None
 
