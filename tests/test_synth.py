@@ -197,6 +197,25 @@ def test_default_knobs_give_varied_scenes():
     assert 100 <= max(sides) <= 0.75 * 320  # large objects, up to about half the image
 
 
+def _object_sides(config: SynthConfig, n: int = 400) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.array([max(o.w, o.h) for _ in range(n) for o in synth.sample_objects(rng, 192, config)])
+
+
+def test_size_law_spreads_object_sides():
+    """Log-uniform (the default) against uniform in the square root: both span ~8 px to half the
+    image; the square-root law has fewer objects whose longest side is under 16 px (aspect ratios
+    make the longest side longer than the drawn ``side``, the geometric mean of the two)."""
+    log_sides = _object_sides(SynthConfig())
+    sqrt_sides = _object_sides(SynthConfig(size_law="sqrt"))
+    for sides in (log_sides, sqrt_sides):
+        assert sides.min() >= 8 and sides.max() <= 0.5 * 192 + 1e-6
+    assert 0.15 < (log_sides < 16).mean() < 0.25  # measured 0.19
+    assert 0.07 < (sqrt_sides < 16).mean() < 0.15  # measured 0.11
+    with pytest.raises(EfyoloError, match="size_law.*'cubic'"):
+        SynthConfig(size_law="cubic")
+
+
 def test_default_dataset_is_generated_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("EFYOLO_CACHE", str(tmp_path / "cache"))
     params = dict(n_train=3, n_val=2, imgsz=64, seed=0)

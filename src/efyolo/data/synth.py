@@ -59,6 +59,7 @@ from efyolo.errors import EfyoloError
 # Bump when the same arguments would produce different bytes; it is part of the cache folder name.
 SYNTH_VERSION = 2  # 2: fewer objects and distractors, less noise and blur, more contrast
 MIN_IMGSZ = 32
+SIZE_LAWS = ("log", "sqrt")
 SPLITS: tuple[tuple[str, int], ...] = (("train", 0), ("val", 1))  # (name, split_id for the seed)
 MARKER = ".efyolo-synth.json"  # written first (complete: false) and last (complete: true)
 # Occlusion bookkeeping: an (S, S) uint8 "owner" map holds what is on top of each pixel:
@@ -74,6 +75,9 @@ class SynthConfig:
     Attributes:
         min_size: Shortest object side in pixels (before rotation); smaller objects are not made.
         max_size: Longest object side as a fraction of the image size.
+        size_law: How object sides are spread between the two: ``"log"`` (log-uniform: as many
+            objects from 8 to 16 px as from 16 to 32) or ``"sqrt"`` (uniform in the square root
+            of the side: fewer tiny objects).
         max_objects: Objects per image are uniform in ``[1, max_objects]`` (before occlusion drops).
         empty_prob: Probability of a background-only image (no objects at all).
         min_visible: Fraction of an object's in-image pixels that must stay visible to keep its box.
@@ -95,6 +99,7 @@ class SynthConfig:
 
     min_size: float = 8.0
     max_size: float = 0.5
+    size_law: str = "log"
     max_objects: int = 8
     empty_prob: float = 0.05
     min_visible: float = 0.6
@@ -118,6 +123,8 @@ class SynthConfig:
             raise EfyoloError(
                 "SynthConfig: min_visible must be in [0, 1], max_truncation in [0, 0.5)"
             )
+        if self.size_law not in SIZE_LAWS:
+            raise EfyoloError(f"SynthConfig.size_law: {self.size_law!r} is not one of {SIZE_LAWS}")
         if self.min_size < 1 or self.max_size <= 0 or not 0 <= self.max_objects <= 250:
             raise EfyoloError(
                 "SynthConfig: min_size >= 1, max_size > 0, 0 <= max_objects <= 250 required"
@@ -191,8 +198,9 @@ class _Painted:
 def sample_objects(rng: np.random.Generator, size: int, config: SynthConfig) -> list[ObjectSpec]:
     """Draw the objects of one image, ordered for painting (mostly large first).
 
-    Sizes are log-uniform between ``min_size`` and ``max_size * size`` so that small objects are as
-    common as in real data; aspect ratios are log-uniform within the class's limit.
+    Sides are spread between ``min_size`` and ``max_size * size`` by ``config.size_law``
+    (log-uniform by default, so that small objects are as common as in real data); aspect ratios
+    are log-uniform within the class's limit.
     """
     if config.max_objects == 0 or rng.random() < config.empty_prob:
         return []
@@ -201,7 +209,7 @@ def sample_objects(rng: np.random.Generator, size: int, config: SynthConfig) -> 
     objects, keys = [], []
     for _ in range(n):
         cls = int(rng.integers(len(CLASS_NAMES)))
-        side = math.exp(rng.uniform(math.log(config.min_size), math.log(longest)))
+        side = _sample_side(rng, config.min_size, longest, config.size_law)
         aspect = math.exp(rng.uniform(-1.0, 1.0) * math.log(MAX_ASPECT[cls]))
         w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
         grow = max(1.0, config.min_size / min(w, h))
@@ -219,6 +227,13 @@ def sample_objects(rng: np.random.Generator, size: int, config: SynthConfig) -> 
         keys.append(math.log(w * h) + rng.normal())
     order = np.argsort(-np.asarray(keys), kind="stable")
     return [objects[i] for i in order]
+
+
+def _sample_side(rng: np.random.Generator, lo: float, hi: float, law: str) -> float:
+    """One object side in ``[lo, hi]`` pixels, log-uniform or uniform in its square root."""
+    if law == "sqrt":
+        return float(rng.uniform(math.sqrt(lo), math.sqrt(hi)) ** 2)
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
 def _uniform_centre(rng: np.random.Generator, size: int, extent: float, trunc: float) -> float:
