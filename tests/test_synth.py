@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -214,6 +215,21 @@ def test_size_law_spreads_object_sides():
     assert 0.07 < (sqrt_sides < 16).mean() < 0.15  # measured 0.11
     with pytest.raises(EfyoloError, match="size_law.*'cubic'"):
         SynthConfig(size_law="cubic")
+
+
+def test_jpeg_subsampling_keeps_colour_detail(tmp_path):
+    """4:4:4 JPEGs keep the colour edges that 4:2:0 halves (small shapes of a colour close in
+    brightness to their background lose their outline at 4:2:0)."""
+    errors = {}
+    for mode in ("4:2:0", "4:4:4"):
+        config = SynthConfig(jpeg_subsampling=mode, jpeg_quality=(90, 90))
+        generate_dataset(tmp_path / mode, n_train=3, n_val=1, imgsz=96, seed=0, config=config)
+        drawn = [render_image(np.random.default_rng([0, 0, i]), 96, config).image for i in range(3)]
+        decoded = [cv2.imread(str(tmp_path / mode / "images" / "train" / f"{i:06d}.jpg")) for i in range(3)]
+        errors[mode] = np.mean([np.abs(a.astype(float) - b).mean() for a, b in zip(drawn, decoded)])
+    assert errors["4:4:4"] < 0.8 * errors["4:2:0"], errors
+    with pytest.raises(EfyoloError, match="jpeg_subsampling.*'4:1:1'"):
+        SynthConfig(jpeg_subsampling="4:1:1")
 
 
 def test_default_dataset_is_generated_once_and_reused(tmp_path, monkeypatch):

@@ -60,6 +60,8 @@ from efyolo.errors import EfyoloError
 SYNTH_VERSION = 2  # 2: fewer objects and distractors, less noise and blur, more contrast
 MIN_IMGSZ = 32
 SIZE_LAWS = ("log", "sqrt")
+# OpenCV's JPEG sampling-factor values (opencv >= 4.7)
+JPEG_SUBSAMPLING = {"4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
 SPLITS: tuple[tuple[str, int], ...] = (("train", 0), ("val", 1))  # (name, split_id for the seed)
 MARKER = ".efyolo-synth.json"  # written first (complete: false) and last (complete: true)
 # Occlusion bookkeeping: an (S, S) uint8 "owner" map holds what is on top of each pixel:
@@ -95,6 +97,8 @@ class SynthConfig:
         outline_prob: Probability that an object (of at least 12 px) gets a 1-2 px outline.
         backgrounds: Background kinds to choose from (see ``synth_shapes.BACKGROUND_KINDS``).
         jpeg_quality: Inclusive range of the per-image JPEG quality.
+        jpeg_subsampling: JPEG chroma subsampling, ``"4:2:0"`` (half-resolution colour, most
+            cameras' default) or ``"4:4:4"`` (full-resolution colour).
     """
 
     min_size: float = 8.0
@@ -114,6 +118,7 @@ class SynthConfig:
     outline_prob: float = 0.3
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS
     jpeg_quality: tuple[int, int] = (75, 95)
+    jpeg_subsampling: str = "4:2:0"
 
     def __post_init__(self) -> None:
         unknown = set(self.backgrounds) - set(BACKGROUND_KINDS)
@@ -134,6 +139,9 @@ class SynthConfig:
             raise EfyoloError("SynthConfig: probabilities must be in [0, 1]")
         if min(self.clutter, self.noise, self.blur_sigma, self.min_contrast, self.shading) < 0:
             raise EfyoloError("SynthConfig: clutter, noise, blur_sigma, min_contrast, shading >= 0")
+        if self.jpeg_subsampling not in JPEG_SUBSAMPLING:
+            raise EfyoloError(f"SynthConfig.jpeg_subsampling: {self.jpeg_subsampling!r} is not one of "
+                              f"{tuple(JPEG_SUBSAMPLING)}")
         lo, hi = self.jpeg_quality
         if not 1 <= lo <= hi <= 100:
             raise EfyoloError(f"SynthConfig.jpeg_quality: need 1 <= lo <= hi <= 100, got {lo, hi}")
@@ -486,7 +494,10 @@ def _write_sample(task: tuple) -> None:
     rng = np.random.default_rng([seed, split_id, index])
     sample = render_image(rng, size, config)
     quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
-    ok, jpg = cv2.imencode(".jpg", sample.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, jpg = cv2.imencode(".jpg", sample.image, [
+        cv2.IMWRITE_JPEG_QUALITY, quality,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[config.jpeg_subsampling],
+    ])
     if not ok:
         raise RuntimeError("cv2.imencode failed")
     stem = f"{index:06d}"
