@@ -168,6 +168,13 @@ def test_backbone_lr_multiplier() -> None:
     assert names["backbone.decay"]["lr"] == pytest.approx(1e-4)
 
 
+def test_adam_betas_follow_momentum_and_beta2() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = build_optimizer(model, "AdamW", lr=0.001, momentum=0.9, beta2=0.99)
+    assert all(g["betas"] == (0.9, 0.99) for g in opt.param_groups)
+    assert build_optimizer(model, "Adam").param_groups[0]["betas"] == (0.937, 0.999)  # YOLOv5's
+
+
 def test_lr_schedules() -> None:
     lin, cos = lr_lambda(10, 0.01, False), lr_lambda(10, 0.01, True)
     assert lin(0) == pytest.approx(1) and lin(10) == pytest.approx(0.01)

@@ -31,6 +31,7 @@ def build_optimizer(
     momentum: float = 0.937,
     weight_decay: float = 5e-4,
     backbone_lr_mult: float = 1.0,
+    beta2: float = 0.999,
 ) -> torch.optim.Optimizer:
     """Three parameter groups (YOLOv5): weights with decay, norm weights and biases without.
 
@@ -44,6 +45,7 @@ def build_optimizer(
         momentum: SGD momentum, or Adam's beta1.
         weight_decay: applied to conv/linear weights only.
         backbone_lr_mult: learning-rate multiplier for the backbone's parameters.
+        beta2: Adam's second-moment decay (not used by SGD).
     """
     if name not in OPTIMIZERS:
         raise EfyoloError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
@@ -76,7 +78,7 @@ def build_optimizer(
         cls, options = torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": True}
     else:
         cls = torch.optim.AdamW if name == "AdamW" else torch.optim.Adam
-        options = {"lr": lr, "betas": (momentum, 0.999)}
+        options = {"lr": lr, "betas": (momentum, beta2)}
     return _fused_if_possible(cls, param_groups, options)
 
 

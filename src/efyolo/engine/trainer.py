@@ -284,7 +284,8 @@ class Trainer:
         self.optimizer_name = name
         self.lr0 = float(lr0 if lr0 is not None else hyp["lr0"])
         self.optimizer = build_optimizer(
-            unwrap(self.model), name, self.lr0, hyp["momentum"], weight_decay, hyp["backbone_lr_mult"]
+            unwrap(self.model), name, self.lr0, hyp["momentum"], weight_decay, hyp["backbone_lr_mult"],
+            hyp["adam_beta2"],
         )
         # AdamW does not want SGD's large initial bias learning rate.
         self.warmup_bias_lr = hyp["warmup_bias_lr"] if name == "SGD" else 0.0
