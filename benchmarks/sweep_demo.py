@@ -28,7 +28,8 @@ from typing import Any
 
 # Overrides of the current demo defaults (efyolo.engine.train_config.DEMO_DEFAULTS); a candidate's
 # "hyp" is merged over the demo's own hyp. Earlier sweeps and their results: README, "The demo".
-V1_DATA = {"max_objects": 12, "clutter": 6.0, "noise": 8.0, "blur_prob": 0.3, "min_contrast": 100.0}
+V1_DATA = {"max_objects": 12, "clutter": 6.0, "noise": 8.0, "blur_prob": 0.3, "min_contrast": 100.0,
+           "jpeg_subsampling": "4:2:0"}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "base": {},
     "base-seed1": {"seed": 1},
@@ -41,6 +42,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr2": {"lr0": 0.002},
     "close5": {"close_mosaic": 5},
     "v1-data": {"synth": {"imgsz": 192, "config": V1_DATA}},  # the harder synthetic set of SYNTH_VERSION 1
+    "v2-data": {"synth": {"imgsz": 192, "config": {"jpeg_subsampling": "4:2:0"}}},  # SYNTH_VERSION 2
     "yolov5n": {"model": "yolov5n"},
     # The demo's budget fits ~13 epochs on the 2-core machine; seeds 0/1/2 gave 0.538/0.410/0.462 there.
     **{f"e13-seed{s}": {"epochs": 13, "seed": s} for s in (0, 1, 2, 3)},

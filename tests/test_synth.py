@@ -236,11 +236,11 @@ def test_default_dataset_is_generated_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("EFYOLO_CACHE", str(tmp_path / "cache"))
     params = dict(n_train=3, n_val=2, imgsz=64, seed=0)
     data = default_dataset(**params)
-    assert data.parent == (tmp_path / "cache" / "synth-v2-3-2-64-s0").resolve()
+    assert data.parent == (tmp_path / "cache" / "synth-v3-3-2-64-s0").resolve()
     assert yaml.safe_load(data.read_text())["path"] == str(data.parent)
     assert len(list((data.parent / "images" / "train").iterdir())) == 3
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [
-        "synth-v2-3-2-64-s0"
+        "synth-v3-3-2-64-s0"
     ]  # no temp left
 
     def must_not_run(*args, **kwargs):
@@ -248,8 +248,8 @@ def test_default_dataset_is_generated_once_and_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "_write_dataset", must_not_run)
     assert default_dataset(**params) == data
-    assert dataset_name() == "synth-v2-800-200-320-s0"
-    assert dataset_name(config=SynthConfig(clutter=0)).startswith("synth-v2-800-200-320-s0-c")
+    assert dataset_name() == "synth-v3-800-200-320-s0"
+    assert dataset_name(config=SynthConfig(clutter=0)).startswith("synth-v3-800-200-320-s0-c")
 
 
 def test_default_dataset_replaces_an_incomplete_folder(tmp_path):

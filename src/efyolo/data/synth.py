@@ -57,7 +57,9 @@ from efyolo.data.synth_shapes import (
 from efyolo.errors import EfyoloError
 
 # Bump when the same arguments would produce different bytes; it is part of the cache folder name.
-SYNTH_VERSION = 2  # 2: fewer objects and distractors, less noise and blur, more contrast
+# 2: fewer objects and distractors, less noise and blur, more contrast
+# 3: JPEGs at 4:4:4 (4:2:0 halved the colour resolution and smeared small objects' outlines)
+SYNTH_VERSION = 3
 MIN_IMGSZ = 32
 SIZE_LAWS = ("log", "sqrt")
 # OpenCV's JPEG sampling-factor values (opencv >= 4.7)
@@ -97,8 +99,10 @@ class SynthConfig:
         outline_prob: Probability that an object (of at least 12 px) gets a 1-2 px outline.
         backgrounds: Background kinds to choose from (see ``synth_shapes.BACKGROUND_KINDS``).
         jpeg_quality: Inclusive range of the per-image JPEG quality.
-        jpeg_subsampling: JPEG chroma subsampling, ``"4:2:0"`` (half-resolution colour, most
-            cameras' default) or ``"4:4:4"`` (full-resolution colour).
+        jpeg_subsampling: JPEG chroma subsampling, ``"4:4:4"`` (full-resolution colour) or
+            ``"4:2:0"`` (half-resolution colour, most cameras' default, and the dataset's before
+            version 3: objects are told from their background by colour more than by brightness,
+            and at 4:2:0 an 8-px shape's outline is smeared over 2-px colour blocks).
     """
 
     min_size: float = 8.0
@@ -118,7 +122,7 @@ class SynthConfig:
     outline_prob: float = 0.3
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS
     jpeg_quality: tuple[int, int] = (75, 95)
-    jpeg_subsampling: str = "4:2:0"
+    jpeg_subsampling: str = "4:4:4"
 
     def __post_init__(self) -> None:
         unknown = set(self.backgrounds) - set(BACKGROUND_KINDS)
@@ -630,7 +634,7 @@ def dataset_name(
     seed: int = 0,
     config: SynthConfig | None = None,
 ) -> str:
-    """Cache folder name for a parameter set, e.g. ``synth-v2-800-200-320-s0``."""
+    """Cache folder name for a parameter set, e.g. ``synth-v3-800-200-320-s0``."""
     name = f"synth-v{SYNTH_VERSION}-{n_train}-{n_val}-{imgsz}-s{seed}"
     if config is not None and config != SynthConfig():
         digest = hashlib.sha1(
