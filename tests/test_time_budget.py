@@ -42,7 +42,7 @@ def test_plan_before_any_timing_and_when_time_is_up() -> None:
 
 def test_time_option_and_demo_defaults() -> None:
     demo = TrainConfig.from_kwargs()
-    assert demo.time == 0.15 and demo.epochs == 11
+    assert demo.time == 0.155 and demo.epochs == 11
     fixed = TrainConfig.from_kwargs(epochs=3)  # an explicit epoch count is kept as it is
     assert fixed.epochs == 3 and fixed.time is None
     assert TrainConfig.from_kwargs(epochs=3, time=0.5).time == 0.5

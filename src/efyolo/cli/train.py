@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default 100; without --data 11, re-planned by --time)")
     p.add_argument("--time", type=float,
                    help="wall-clock budget in hours: re-plan the epochs to fit it (default none; without "
-                        "--data and --epochs 0.15, i.e. 9 minutes)")
+                        "--data and --epochs 0.155, i.e. 9.3 minutes)")
     p.add_argument("--batch", type=int, help="total batch size (default 16; 8 without --data)")
     p.add_argument("--device", help="cpu, 0 or 0,1 (default: CUDA 0 if available)")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")
