@@ -203,8 +203,12 @@ def test_val_warns_that_in_graph_nms_caps_the_map(tmp_path, caplog) -> None:
 def relabel_from_predictions(data_yaml: Path, predictions: Path, size: int, keep: int = 20) -> None:
     """Replace the val labels by the ``keep`` best of a model's ``efyolo val`` predictions (COCO
     results, images ``size`` x ``size``), so that the model scores mAP 1 on them: its predictions
-    are these boxes plus lower-scored ones. A runtime whose boxes, scores or batches differ loses mAP."""
+    are these boxes plus lower-scored ones. A runtime whose boxes, scores or batches differ loses mAP.
+    Boxes under 2 px a side are never labels: an untrained model makes some (widths of 0.00-0.01 px),
+    and whether such a label matches its prediction depends on float rounding that differs between
+    runtimes; left as predictions, they are false positives in every runtime alike."""
     preds = sorted(json.loads(predictions.read_text()), key=lambda p: -p["score"])
+    preds = [p for p in preds if min(p["bbox"][2:]) >= 2.0]
     threshold = (preds[keep - 1]["score"] + preds[keep]["score"]) / 2
     labels_dir = data_yaml.parent / "labels" / "val"
     rows: dict[str, list[str]] = {p.stem: [] for p in labels_dir.glob("*.txt")}
@@ -231,9 +235,11 @@ def test_val_onnx_same_map_as_pt(tmp_path, capsys) -> None:
     first = val(weights, 4, 96, "--save-json")
     relabel_from_predictions(data, Path(first["save_dir"]) / "predictions.json", 96)
     ref = val(weights, 4)
-    assert ref["map50"] > 0.99 and ref["map"] > 0.99  # the model finds its own detections again
+    # The model finds its own detections again; its degenerate boxes (see relabel_from_predictions)
+    # are high-scored false positives and hold mAP near 0.5.
+    assert ref["map50"] > 0.4 and ref["map"] > 0.4
     dynamic = val(export_model(weights, "onnx", dynamic=True), 4)  # the same rectangular batches as .pt
-    assert dynamic["n_images"] == 6 and dynamic["n_predictions"] == ref["n_predictions"]
+    assert dynamic["n_images"] == 6 and about_as_many(dynamic["n_predictions"], ref["n_predictions"])
     assert dynamic["map"] == pytest.approx(ref["map"], abs=1e-4)
     assert dynamic["map50"] == pytest.approx(ref["map50"], abs=1e-4)
     # A fixed-shape export gets square 96x96 batches of its own batch size (4: the last batch of 2 is
@@ -244,16 +250,25 @@ def test_val_onnx_same_map_as_pt(tmp_path, capsys) -> None:
     square = [square_map(b, data, 96, 4) for b in (PyTorchBackend.from_checkpoint(weights, CPU), load_backend(fixed_path, CPU))]
     # The labels come from the 128-padded rectangular batches; on 96x96 inputs the untrained model's
     # boxes and scores move, and (multi-label val) the labels hold several classes per box, so only
-    # part is found again (mAP50 ~0.09). What counts here is that both runtimes agree exactly.
-    assert square[0].map50 > 0.05 and square[1].n_predictions == square[0].n_predictions
+    # part is found again (mAP50 0.01-0.1, by dataset version). What counts here is that both
+    # runtimes agree exactly, on a non-zero mAP.
+    assert square[0].map50 > 0.005 and about_as_many(square[1].n_predictions, square[0].n_predictions)
     assert square[1].map == pytest.approx(square[0].map, abs=1e-4)
     # A non-square fixed export (64 x 96): val letterboxes every image to exactly 64 x 96, the same
     # result as the .pt model on those inputs.
     wide_path = export_model(weights, "onnx", imgsz=(64, 96), batch=2, output=tmp_path / "wide.onnx")
     wide = val(wide_path, 32)
     expected = square_map(PyTorchBackend.from_checkpoint(weights, CPU), data, 96, 2, shape=(64, 96))
-    assert wide["n_predictions"] == expected.n_predictions > 0
+    assert expected.n_predictions > 0 and about_as_many(wide["n_predictions"], expected.n_predictions)
     assert wide["map"] == pytest.approx(expected.map, abs=1e-4)
+
+
+def about_as_many(n: int, reference: int) -> bool:
+    """Prediction counts of two runtimes, equal up to a few boxes: an untrained model scores ~1,000
+    boxes per run near the 0.001 confidence threshold, and a score within float rounding of it may
+    fall on either side in ONNX Runtime and PyTorch (seen: 1084 against 1085). The mAPs are
+    compared to 1e-4 beside this."""
+    return abs(n - reference) <= max(2, reference // 200)
 
 
 def square_map(backend, data: Path, imgsz: int, batch: int, shape: tuple[int, int] | None = None):
