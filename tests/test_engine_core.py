@@ -173,6 +173,8 @@ def test_adam_betas_follow_momentum_and_beta2() -> None:
     opt = build_optimizer(model, "AdamW", lr=0.001, momentum=0.9, beta2=0.99)
     assert all(g["betas"] == (0.9, 0.99) for g in opt.param_groups)
     assert build_optimizer(model, "Adam").param_groups[0]["betas"] == (0.937, 0.999)  # YOLOv5's
+    with pytest.raises(EfyoloError, match="adam_beta2"):
+        build_optimizer(model, "AdamW", beta2=1.0)
 
 
 def test_lr_schedules() -> None:

@@ -49,6 +49,8 @@ def build_optimizer(
     """
     if name not in OPTIMIZERS:
         raise EfyoloError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    if not 0.0 <= beta2 < 1.0:
+        raise EfyoloError(f"hyperparameter 'adam_beta2' must be in [0, 1), got {beta2}")
     prefixes = backbone_prefixes(model)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     norm_types = tuple(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type))

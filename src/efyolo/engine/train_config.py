@@ -31,7 +31,7 @@ DEMO_DEFAULTS = {
     # leaves 6 classes a thirteenth of COCO's class weight, and classes are what a short run learns
     # last; 2-3x the class gain lifts mAP50 by ~0.1-0.15. A final LR of 10% (not 1%) of lr0 keeps
     # the last epochs learning. Adam's second moment over ~100 steps (beta2 0.99, not 0.999) follows
-    # the gradients' scale as it falls during a 1,300-step run (+0.04 mAP50 on each seed tried).
+    # the gradients' scale as it falls during a 1,300-step run (+0.02-0.04 mAP50 on each seed tried).
     # An own --hyp file replaces these along with the rest.
     "hyp": {"cls": 1.5, "lrf": 0.1, "adam_beta2": 0.99},
     "synth": {"imgsz": 192},
