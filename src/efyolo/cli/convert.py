@@ -10,10 +10,17 @@ _EPILOG = """examples:
   efyolo convert --from coco --to yolo --json annotations/instances_val2017.json --images val2017 --out coco-yolo
       writes coco-yolo/images/val/ (symlinks; --copy-images to copy), coco-yolo/labels/val/*.txt
       and coco-yolo/data.yaml (category ids in ascending order become classes 0..K-1;
-      crowd annotations are left out)
+      crowd annotations are left out; boxes are normalised by the real image size)
+  efyolo convert --from coco --to yolo --json D/annotations/val.json --images D/images/val --out D
+      converts in place: the images stay as they are, D/labels/val/*.txt and D/data.yaml are written
   efyolo convert --from yolo --to coco --data data.yaml --split val --out val.json
       writes the split as a COCO instances JSON (category_id = class index; image id = file stem
       when all stems are numbers, else 1..N)
+
+Inputs are never overwritten: --to yolo writes only inside --out, skips (with a warning) images
+whose file_name is absolute or leaves --images, and refuses to replace a file it did not make;
+--to coco refuses an --out that is the dataset YAML, a split source, an image or a label file.
+Skipped images and dropped boxes are counted in the summary line and listed as warnings.
 """
 
 
