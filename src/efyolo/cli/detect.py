@@ -1,4 +1,11 @@
-"""``efyolo detect``: run a trained model on images, folders, globs, videos or lists of paths."""
+"""``efyolo detect``: run a trained model on images, folders, globs, videos or lists of paths.
+
+Outputs in ``runs/detect/expN`` are named after the source files. Sources that share a file name
+(``a/000000.jpg`` and ``b/000000.jpg``) would overwrite each other's outputs, so they are saved by
+their path below the common folder of those sources (``expN/a/000000.jpg``,
+``labels/a/000000.txt``, ``image_id`` ``"a/000000"``) and a file given twice gets ``_2``, ``_3``
+(:func:`efyolo.engine.results.output_stems`); one ``Note:`` line says so.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="model weights: a .pt checkpoint or an exported model (.onnx, .torchscript, *_openvino_model/)")
     p.add_argument(
         "--source", required=True, nargs="+",
-        help="image, folder, glob, video (mp4/avi/mkv...), or .txt list of paths; several allowed",
+        help="image, folder, glob, video (mp4/avi/mkv...), or .txt list of paths; several allowed. Outputs keep "
+             "the file names; sources sharing a name are saved by their path below their common folder "
+             "(a/x.jpg, b/x.jpg), a file given twice as x_2",
     )
     p.add_argument("--imgsz", type=int, nargs="+", default=None,
                    help="inference size: S or H W, multiples of the stride (default: the model's training size)")
@@ -51,12 +60,15 @@ def run(args: argparse.Namespace) -> int:
     writer = ResultWriter(
         save_dir, save_img=not args.nosave, save_txt=args.save_txt, save_conf=args.save_conf,
         save_json=args.save_json, save_crop=args.save_crop, line_width=args.line_width,
-        hide_labels=args.hide_labels, hide_conf=args.hide_conf,
+        hide_labels=args.hide_labels, hide_conf=args.hide_conf, source_paths=sources.paths,
     )
     results = detector.stream(
         sources, imgsz=args.imgsz, conf=args.conf, iou=args.iou, classes=args.classes,
         max_det=args.max_det, agnostic=args.agnostic_nms, augment=args.augment, batch=args.batch,
     )
+    note = writer.collision_note() if writer.saves_anything else None
+    if note:  # after the arguments are checked, before the per-image lines
+        print(note)
     stats = SpeedStats()
     with writer:
         for result in results:

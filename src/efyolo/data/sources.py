@@ -8,7 +8,9 @@ Accepted sources (and lists/tuples mixing any of them):
 
 * a path to an image (``IMAGE_SUFFIXES``) or a video (``VIDEO_SUFFIXES``, read with OpenCV);
 * a folder: its images and videos, sorted by name, not recursive;
-* a glob pattern (``data/*.jpg``, ``data/**/*.png``), sorted;
+* a glob pattern (``data/*.jpg``, ``data/**/*.png``), sorted; ``**`` searches each real folder
+  once (a symlink back to a parent folder is not followed round in circles), and a file reached
+  by several paths is used once, with one warning per pattern;
 * a ``.txt`` file listing one path per line (relative paths are relative to the list's folder;
   blank lines and lines starting with ``#`` are ignored);
 * a numpy image: ``uint8``, BGR ``[H, W, 3]``, BGRA ``[H, W, 4]`` or grey ``[H, W]``;
@@ -21,8 +23,10 @@ flipped by their EXIF orientation tag here, so the result does not depend on the
 
 Errors: a path that does not exist, an empty folder, a glob that matches nothing, an unsupported
 file type, or a single source that cannot be read raise :class:`EfyoloError` naming the path. When
-several sources are given, an unreadable image or video is logged as a warning, skipped and
-recorded in :attr:`Sources.skipped`; the rest are processed.
+several sources are given, an unreadable image or video (whatever the decoder does: returns
+nothing or raises) is logged as a warning naming the file, skipped and recorded in
+:attr:`Sources.skipped`; the rest are processed. A video that ends before the frame count its
+container reports is used as far as it reads, with a warning ("read N of M frames").
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -123,23 +128,42 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img if op is None else np.ascontiguousarray(op(img))
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
-    """Decode an image file to ``uint8 [H, W, 3]`` BGR with EXIF orientation applied; ``None`` if unreadable."""
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """``Type: message`` on one line (OpenCV's messages span lines), cut to ``limit`` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode_image(path: str | Path) -> tuple[np.ndarray | None, str]:
+    """Decode an image file: ``(uint8 [H, W, 3] BGR with EXIF orientation applied, "")`` or ``(None, reason)``.
+
+    Decoders do not only return ``None`` on bad input: OpenCV raises ``cv2.error`` for a header
+    that claims more than ``CV_IO_MAX_IMAGE_PIXELS`` pixels, and other failures surface as other
+    exceptions. Every exception is turned into a reason so that one bad file among many is
+    skipped with a warning that names it instead of ending the run.
+    """
     try:
         data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths
-    except OSError:
-        return None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if img is None:
-        return None
-    return apply_orientation(img, exif_orientation(path))
+        if not data.size:
+            return None, "empty file"
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None:
+            return None, "corrupt, or not an image OpenCV can decode"
+        return apply_orientation(img, exif_orientation(path)), ""
+    except Exception as err:  # noqa: BLE001  any decoder failure means "this file is unreadable"
+        return None, _one_line(err)
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """Decode an image file to ``uint8 [H, W, 3]`` BGR with EXIF orientation applied; ``None`` if unreadable."""
+    return decode_image(path)[0]
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Like :func:`read_image`, but an unreadable file raises :class:`EfyoloError` naming it."""
-    img = read_image(path)
+    """Like :func:`read_image`, but an unreadable file raises :class:`EfyoloError` naming it and why."""
+    img, reason = decode_image(path)
     if img is None:
-        raise EfyoloError(f"image {path} cannot be read (missing, empty, corrupt or not an image)")
+        raise EfyoloError(f"image {path} cannot be read ({reason})")
     return img
 
 
@@ -234,11 +258,102 @@ def _expand_list_file(path: Path) -> list[_Item]:
     return items
 
 
+def _folders_below(root: str) -> tuple[list[str], list[str]]:
+    """``root`` and every folder below it, each real folder once, for a ``**`` glob.
+
+    Python's ``glob`` follows symlinked folders without noticing loops: a ``loop -> .`` link
+    repeats every match ~40 times (until the kernel's symlink limit) and two such links make the
+    walk exponential, which never finishes. Here a linked folder is searched only if its real
+    folder has not been searched yet; plain folders go first, so a file is reached by its plain
+    path rather than through a link. Hidden folders are skipped, as ``glob`` does.
+
+    Returns:
+        ``(folders, repeats)``: repeats are the linked folders skipped because they lead to a
+        folder already searched.
+    """
+    folders, repeats, seen = [], [], set()
+    plain, linked = [root], []
+    while plain or linked:
+        folder = plain.pop() if plain else linked.pop(0)
+        real = os.path.realpath(folder or os.curdir)
+        if real in seen:
+            repeats.append(folder)
+            continue
+        seen.add(real)
+        folders.append(folder)
+        try:
+            entries = sorted(os.scandir(folder or os.curdir), key=lambda e: e.name)
+        except OSError:  # unreadable folder: glob skips it too
+            continue
+        for entry in entries:
+            try:
+                is_dir = not entry.name.startswith(".") and entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                (linked if entry.is_symlink() else plain).append(os.path.join(folder, entry.name))
+    return folders, repeats
+
+
+def _glob(pattern: str) -> tuple[list[str], list[str]]:
+    """The paths matching ``pattern`` (``**`` = any folder depth), and the linked folders skipped.
+
+    ``glob.glob`` without ``**``; the first ``**`` component is expanded by
+    :func:`_folders_below` and the rest of the pattern matched in each folder (recursively, for
+    more ``**``), so that symlink loops are searched once.
+    """
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern), []
+    cut = parts.index("**")
+    head = os.sep.join(parts[:cut]) or (os.sep if cut else "")  # "/**/x": the root, "**/x": here
+    tail = os.sep.join(parts[cut + 1:]) or "*"  # a final "**" matches the files at every depth
+    bases = glob.glob(head) if glob.has_magic(head) else [head]
+    matches, repeats = [], []
+    for base in bases:
+        if base and not os.path.isdir(base):
+            continue
+        folders, skipped = _folders_below(base)
+        repeats += skipped
+        for folder in folders:
+            found, skipped = _glob(os.path.join(glob.escape(folder), tail) if folder else tail)
+            matches += found
+            repeats += skipped
+    return matches, repeats
+
+
+def _unique_files(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``paths`` with one path per real file (the one with the fewest folders), and the dropped ones.
+
+    A glob can reach one file by several paths (a linked folder matched by ``*``, a symlinked
+    file); running on it twice would only repeat work and outputs.
+    """
+    best: dict[str, str] = {}
+    for p in sorted(set(paths), key=lambda p: (len(Path(p).parts), p)):
+        best.setdefault(os.path.realpath(p), p)
+    kept = set(best.values())
+    unique = list(dict.fromkeys(p for p in paths if p in kept))  # a path matched twice (``**/**``) once
+    return unique, sorted(p for p in set(paths) if p not in kept)
+
+
+def _expand_glob(text: str, pattern: str) -> list[_Item]:
+    """The media files matching ``pattern`` (the user's ``text`` expanded), each file once."""
+    paths, repeats = _glob(pattern)
+    paths, dropped = _unique_files(paths)
+    skipped = sorted(set(repeats)) + dropped
+    if skipped:  # one warning per pattern, however many links
+        LOGGER.warning(
+            f"WARNING: source pattern {text}: skipped {len(skipped)} path(s) leading to folders or files already "
+            f"found (symlink loop or duplicate links), e.g. {skipped[0]}; each file is used once"
+        )
+    return _media_in(paths)
+
+
 def _expand_path(source: str | Path) -> list[_Item]:
     text = str(source)
     path = Path(text).expanduser()
     if not path.exists() and _GLOB_CHARS & set(text):
-        items = _media_in(glob.glob(str(path), recursive=True))
+        items = _expand_glob(text, str(path))
         if not items:
             raise EfyoloError(f"source pattern {text} matches no images or videos ({_supported()})")
         return items
@@ -286,6 +401,17 @@ def _expand(source: Any, items: list[_Item]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _warn_if_truncated(path: str, read: int, frames: int | None) -> None:
+    """Warn when a video ended before the frame count its container reports.
+
+    OpenCV's ``read()`` just returns ``False`` at a damaged or missing tail, so without this a
+    cut-off download or an interrupted recording looks like a short, complete video. Without a
+    reported count (``frames`` is ``None``) there is nothing to compare with and no warning.
+    """
+    if frames is not None and read < frames:
+        LOGGER.warning(f"WARNING: video {path}: read {read} of {frames} frames (truncated or corrupt)")
+
+
 class Sources:
     """The frames of a user's source, read lazily in order (videos frame by frame).
 
@@ -307,13 +433,23 @@ class Sources:
         return len(self.items)
 
     @property
+    def paths(self) -> list[str]:
+        """Each item's path (``image<i>`` for in-memory images), in order: what :class:`Frame.path` holds.
+
+        Known before any file is read, so output names can be chosen for all items at once
+        (:func:`efyolo.engine.results.output_stems`).
+        """
+        return [item.path for item in self.items]
+
+    @property
     def has_video(self) -> bool:
         return any(item.kind == "video" for item in self.items)
 
-    def _unreadable(self, item: _Item, what: str) -> None:
+    def _unreadable(self, item: _Item, what: str, reason: str = "empty, corrupt or unsupported encoding") -> None:
+        """A single source that cannot be read is an error; one of several is skipped with a warning naming it."""
         if len(self.items) == 1:
-            raise EfyoloError(f"{what} {item.path} cannot be read (empty, corrupt or unsupported encoding)")
-        LOGGER.warning(f"WARNING: skipping {what} {item.path}: cannot be read (empty, corrupt or unsupported encoding)")
+            raise EfyoloError(f"{what} {item.path} cannot be read ({reason})")
+        LOGGER.warning(f"WARNING: skipping {what} {item.path}: cannot be read ({reason})")
         self.skipped.append(item.path)
 
     def _video_frames(self, item: _Item, index: int) -> Iterator[Frame]:
@@ -331,6 +467,7 @@ class Sources:
                 yield Frame(img, item.path, index, len(self.items), frame=k, frames=frames, fps=fps)
                 k += 1
                 ok, img = cap.read()
+            _warn_if_truncated(item.path, k, frames)
         finally:
             cap.release()
 
@@ -341,9 +478,9 @@ class Sources:
             if item.kind == "array":
                 yield Frame(item.array, item.path, index, len(self.items))
             elif item.kind == "image":
-                img = read_image(item.path)
+                img, reason = decode_image(item.path)
                 if img is None:
-                    self._unreadable(item, "image")
+                    self._unreadable(item, "image", reason)
                     continue
                 yield Frame(img, item.path, index, len(self.items))
             else:

@@ -3,21 +3,24 @@
 :class:`Result` holds numpy arrays (CPU, detached), so it can be handed straight to OpenCV, JSON
 or any plotting library without a torch dependency in the caller. :class:`ResultWriter` turns a
 stream of results into YOLOv5's output layout: annotated images and videos, ``labels/*.txt``,
-``predictions.json`` and ``crops/<class>/``.
+``predictions.json`` and ``crops/<class>/``; :func:`output_stems` keeps the outputs of sources
+that share a file name apart.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
 from efyolo.data.coco import image_id_from_path
+from efyolo.data.sources import VIDEO_SUFFIXES
 from efyolo.engine.plotting import crop_box, draw_detections
 from efyolo.errors import EfyoloError
 from efyolo.ops.boxes import xyxy2ltwh, xyxy2xywh, xyxy2xywhn
@@ -155,8 +158,14 @@ class Result:
         path.write_text("".join(r + "\n" for r in rows))
         return path
 
-    def save_crops(self, directory: str | Path) -> list[Path]:
-        """Write each box's crop to ``directory/<class name>/<stem>.jpg`` (then ``<stem>-2.jpg``, ...)."""
+    def save_crops(self, directory: str | Path, stem: str | None = None) -> list[Path]:
+        """Write each box's crop to ``directory/<class name>/<stem>.jpg`` (then ``<stem>-2.jpg``, ...).
+
+        Args:
+            stem: file stem to use instead of :attr:`stem` (may hold sub-folders, ``a/000000``);
+                :class:`ResultWriter` passes the name that keeps same-named sources apart.
+        """
+        stem = self.stem if stem is None else stem
         if self.orig_img is None:
             raise EfyoloError(f"result for {self.path} holds no image to crop (orig_img was dropped)")
         seen: Counter[str] = Counter()
@@ -165,11 +174,100 @@ class Result:
             name = self._name(int(c))
             seen[name] += 1
             suffix = "" if seen[name] == 1 else f"-{seen[name]}"
-            path = Path(directory) / name / f"{self.stem}{suffix}.jpg"
+            path = Path(directory) / name / f"{stem}{suffix}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), crop_box(self.orig_img, box))
             written.append(path)
         return written
+
+# ---- output names -----------------------------------------------------------------------------
+
+
+def _output_kind(path: str) -> str:
+    """``"video"`` (writes ``<stem>.mp4`` and frames ``<stem>_<n>``) or ``"image"`` (``<stem>.<ext>``)."""
+    return "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def _path_below(path: str, parent: str) -> str:
+    """``path`` relative to the folder ``parent``, without its suffix, with ``/`` separators."""
+    try:
+        rel = os.path.relpath(path, parent)
+    except ValueError:  # different Windows drives: no relative path exists, use it whole
+        rel = Path(path).relative_to(Path(path).anchor).as_posix()
+    return Path(rel).with_suffix("").as_posix()
+
+
+def _names_by_folder(paths: Sequence[str]) -> list[str]:
+    """Names for sources that share a stem: their path below the common folder of all of them.
+
+    In-memory images (``image<i>``, no folder and no suffix) keep their name. ``abspath`` and not
+    ``resolve`` so that a symlinked folder is named as the user wrote it.
+    """
+    files = [os.path.abspath(p) for p in paths if Path(p).suffix]
+    parent = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    return [_path_below(os.path.abspath(p), parent) if Path(p).suffix else Path(p).name for p in paths]
+
+
+def output_stems(paths: Sequence[str | Path]) -> list[str]:
+    """The output name (stem) for each source item, so that no two items write the same files.
+
+    Outputs are named after the source files, which collide when two sources share a file name
+    (``a/000000.jpg`` and ``b/000000.jpg``, or two ``clip.mp4`` in different folders): one would
+    overwrite the other's image and label file and their predictions would share an ``image_id``.
+    Rules, applied in source order so that the names are the same on every run:
+
+    1. A stem that no other item of the same kind (image or video; videos write ``<stem>.mp4``
+       and frames ``<stem>_<n>``, images ``<stem>.<ext>``) has stays as it is: this is the usual
+       layout, ``save_dir/000000.jpg``, ``labels/000000.txt``.
+    2. Items sharing a stem are named by their path below the common folder of those items, without
+       the suffix: ``a/000000`` and ``b/000000`` (sub-folders of ``save_dir``, ``labels/`` and
+       ``crops/<class>/`` alike). The stem, not the file name, is compared because labels, crops
+       and JSON ids drop the suffix (``x.png`` and ``x.jpg`` would share ``labels/x.txt``).
+    3. A name that is still taken (the same file given twice, ``x.png`` beside ``x.jpg``) gets the
+       first free suffix ``_2``, ``_3``, ... in source order.
+
+    Args:
+        paths: :attr:`Result.path` of each source item in order (:attr:`Sources.paths`); in-memory
+            images are named ``image<i>``, files always have a suffix.
+
+    Returns:
+        One name per path, ``/``-separated, unique within each kind.
+    """
+    paths = [str(p) for p in paths]
+    kinds = [_output_kind(p) for p in paths]
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, (p, kind) in enumerate(zip(paths, kinds)):
+        groups[(kind, Path(p).stem)].append(i)
+    names = [Path(p).stem for p in paths]
+    for members in groups.values():
+        if len(members) > 1:
+            for i, name in zip(members, _names_by_folder([paths[i] for i in members])):
+                names[i] = name
+    taken = {(kind, name) for kind, name in zip(kinds, names)}
+    seen: set[tuple[str, str]] = set()
+    for i, (kind, name) in enumerate(zip(kinds, names)):
+        if (kind, name) in seen:
+            k = 2
+            while (kind, f"{name}_{k}") in taken:
+                k += 1
+            names[i] = f"{name}_{k}"
+            taken.add((kind, names[i]))
+        seen.add((kind, names[i]))
+    return names
+
+
+def output_image_ids(paths: Sequence[str | Path], stems: Sequence[str]) -> list[int | str]:
+    """The ``predictions.json`` ``image_id`` of each still image (video frames use ``<stem>_<n>``).
+
+    An image keeps the evaluator's id (:func:`efyolo.data.coco.image_id_from_path`: the stem, an
+    int when numeric, which is what COCO-style ground truth uses) when no other image has that id;
+    otherwise ids would merge different images, so the output name from :func:`output_stems` is
+    used (``"a/000000"``). ``"7"`` and ``"07"`` count as the same id, as both become ``7``.
+    Videos are listed too (to keep the positions) but never share ids with images.
+    """
+    ids = [image_id_from_path(p) for p in paths]
+    counts = Counter(i for i, p in zip(ids, paths) if _output_kind(str(p)) == "image")
+    return [i if counts[i] <= 1 else stem for i, stem in zip(ids, stems)]
 
 
 class ResultWriter:
@@ -177,9 +275,14 @@ class ResultWriter:
 
     Layout of ``save_dir``: annotated images under their own file names (in-memory images as
     ``image<i>.jpg``), videos as ``<stem>.mp4`` (same frame count and fps),
-    ``labels/<stem>.txt``, ``predictions.json`` and ``crops/<class name>/<stem>.jpg``.
-    Nothing is created unless something is written. Use as a context manager, or call
-    :meth:`close` to finish the videos and write the JSON file.
+    ``labels/<stem>.txt`` (video frames ``<stem>_<n>.txt``), ``predictions.json`` and
+    ``crops/<class name>/<stem>.jpg``. Nothing is created unless something is written. Use as a
+    context manager, or call :meth:`close` to finish the videos and write the JSON file.
+
+    Given ``source_paths`` (all source items, :attr:`Sources.paths`, known before the run), sources
+    that share a file name are kept apart by :func:`output_stems`: ``save_dir/a/000000.jpg``,
+    ``labels/a/000000.txt``, ``image_id`` ``"a/000000"``; a file given twice gets ``_2``. Without
+    them each result is named after its own file, so same-named sources overwrite each other.
     """
 
     def __init__(
@@ -193,19 +296,59 @@ class ResultWriter:
         line_width: int | None = None,
         hide_labels: bool = False,
         hide_conf: bool = False,
+        source_paths: Sequence[str | Path] | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
+        self.source_paths = [str(p) for p in source_paths or []]
+        self.stems = output_stems(self.source_paths)
+        self.image_ids = output_image_ids(self.source_paths, self.stems)
         self.save_img, self.save_txt, self.save_conf = save_img, save_txt, save_conf
         self.save_json, self.save_crop = save_json, save_crop
         self.plot_kwargs = {"line_width": line_width, "labels": not hide_labels, "conf": not hide_conf}
         self.json_rows: list[dict[str, Any]] = []
         self.video_path: str | None = None
+        self.video_index: int | None = None  # the same video given twice is two videos
         self.video_writer: cv2.VideoWriter | None = None
         self.written: list[Path] = []  # annotated images and videos
 
     @property
     def saves_anything(self) -> bool:
         return self.save_img or self.save_txt or self.save_json or self.save_crop
+
+    def renamed(self) -> list[tuple[str, str]]:
+        """``(source path, output name)`` of the items not named after their own file stem."""
+        return [(p, s) for p, s in zip(self.source_paths, self.stems) if s != Path(p).stem]
+
+    def collision_note(self) -> str | None:
+        """One line telling how same-named sources are kept apart, or ``None`` when none are."""
+        renamed = self.renamed()
+        if not renamed:
+            return None
+        shown = ", ".join(name for _, name in renamed[:4]) + (", ..." if len(renamed) > 4 else "")
+        return (
+            f"Note: sources share file names; to keep their outputs apart they are saved as {shown} "
+            "(the path below the common folder of the same-named sources; a repeated file gets _2, _3)"
+        )
+
+    def _known(self, result: Result) -> bool:
+        """Whether the result comes from the source item at its index in ``source_paths``."""
+        i = result.index
+        return 0 <= i < len(self.source_paths) and self.source_paths[i] == result.path
+
+    def _item_stem(self, result: Result) -> str:
+        """The output name of the result's source item (its file stem when nothing collides)."""
+        return self.stems[result.index] if self._known(result) else Path(result.path).stem
+
+    def _stem(self, result: Result) -> str:
+        """Output stem for labels and crops: the item's name, ``<name>_<frame from 1>`` for video frames."""
+        stem = self._item_stem(result)
+        return stem if result.frame is None else f"{stem}_{result.frame + 1}"
+
+    def _image_id(self, result: Result) -> int | str:
+        """``image_id`` in ``predictions.json``: :func:`output_image_ids`, frames ``<name>_<n>``."""
+        if result.frame is not None:
+            return self._stem(result)
+        return self.image_ids[result.index] if self._known(result) else image_id_from_path(result.path)
 
     def write(self, result: Result) -> None:
         """Save everything requested for one result."""
@@ -215,35 +358,35 @@ class ResultWriter:
             else:
                 self._write_video_frame(result)
         if self.save_txt:
-            result.save_txt(self.save_dir / "labels" / f"{result.stem}.txt", self.save_conf)
+            result.save_txt(self.save_dir / "labels" / f"{self._stem(result)}.txt", self.save_conf)
         if self.save_json:
-            self.json_rows.extend(result.to_json())
+            self.json_rows.extend(result.to_json(self._image_id(result)))
         if self.save_crop:
-            result.save_crops(self.save_dir / "crops")
+            result.save_crops(self.save_dir / "crops", self._stem(result))
 
     def _write_image(self, result: Result) -> None:
-        name = Path(result.path).name
-        if Path(name).suffix.lower() not in _WRITABLE:
-            name = f"{Path(name).stem}.jpg"
-        self.written.append(result.save(self.save_dir / name, **self.plot_kwargs))
+        suffix = Path(result.path).suffix
+        if suffix.lower() not in _WRITABLE:
+            suffix = ".jpg"
+        self.written.append(result.save(self.save_dir / f"{self._item_stem(result)}{suffix}", **self.plot_kwargs))
 
     def _write_video_frame(self, result: Result) -> None:
-        if result.path != self.video_path:  # a new video starts
+        if result.path != self.video_path or result.index != self.video_index:  # a new video starts
             self._release_video()
-            path = self.save_dir / f"{Path(result.path).stem}.mp4"
+            path = self.save_dir / f"{self._item_stem(result)}.mp4"
             path.parent.mkdir(parents=True, exist_ok=True)
             h, w = result.orig_shape
             self.video_writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), result.fps or 30.0, (w, h))
             if not self.video_writer.isOpened():
                 raise EfyoloError(f"could not open video writer for {path} (OpenCV without mp4v support?)")
-            self.video_path = result.path
+            self.video_path, self.video_index = result.path, result.index
             self.written.append(path)
         self.video_writer.write(result.plot(**self.plot_kwargs))
 
     def _release_video(self) -> None:
         if self.video_writer is not None:
             self.video_writer.release()
-        self.video_writer, self.video_path = None, None
+        self.video_writer, self.video_path, self.video_index = None, None, None
 
     def close(self, write_json: bool = True) -> None:
         """Finish the open video (so a partial video stays playable) and write ``predictions.json``."""
