@@ -9,7 +9,9 @@
 :func:`scan_split` is the one entry point for both dataset formats (YOLO label files, or a COCO
 instances JSON, see :mod:`efyolo.data.coco`). Problems are logged as warnings on the ``efyolo``
 logger (the first ``max_warnings`` of them; all are kept in :attr:`SplitIndex.problems`) and
-summed up in one line; corrupt images and bad label rows are skipped, never fatal.
+summed up in one line; corrupt images (any that PIL or OpenCV cannot read) and bad label rows are
+skipped, never fatal. Symbolic link loops and files listed twice are reported and listed once
+(:func:`efyolo.data.images.find_images`); truncated JPEGs are reported and kept.
 
 The scan is cached in a file next to the labels (``labels/val.cache`` for ``labels/val/``; next to
 the ``.txt`` list or the COCO JSON for those sources): a numpy ``.npz`` read without pickle. It
@@ -34,11 +36,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from efyolo.data.config import DataConfig
-from efyolo.data.images import check_image, list_images
+from efyolo.data.images import find_images, inspect_image
 from efyolo.data.labels import TOLERANCE, img2label_paths, read_label_file
 
 LOGGER = logging.getLogger("efyolo")
-CACHE_VERSION = 3  # bump whenever the label checks change: a cache keeps the old messages
+# bump whenever the image or label checks change: a cache keeps the old results and messages.
+# 4: images OpenCV cannot decode are skipped, decoder exceptions skip the image, truncated JPEGs
+#    are reported, label files with a byte-order mark keep their first row.
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -176,40 +181,50 @@ def log_problems(problems: Sequence[str], max_warnings: int = 20) -> None:
 
 
 def _scan_yolo_split(cfg: DataConfig, split: str, *, cache: bool, workers: int | None) -> SplitIndex:
+    """List, then check (or read from the cache) a split of YOLO label files.
+
+    The listing problems (symbolic link loops, files listed twice) come first in
+    :attr:`SplitIndex.problems`; they are not cached but found again by every listing, since the
+    cache is keyed by the files listed, which a new loop does not change.
+    """
     sources = cfg.split_sources(split)
-    im_files = list_images(sources, f"{cfg.yaml_path}: '{split}'")
+    im_files, listing = find_images(sources, f"{cfg.yaml_path}: '{split}'")
     label_files = img2label_paths(im_files)
     digest = files_hash(im_files + label_files, extra=f"yolo nc={cfg.nc} tol={TOLERANCE}")
     cache_path = _cache_path(sources, label_files, split)
-    if cache:
-        index = load_cache(cache_path, digest, split, cfg.names)
-        if index is not None:
-            return index
-    index = _scan_yolo(im_files, label_files, split, cfg.names, workers)
-    if cache:
-        index.cache_path = cache_path if save_cache(cache_path, digest, index) else None
+    index = load_cache(cache_path, digest, split, cfg.names) if cache else None
+    if index is None:
+        index = _scan_yolo(im_files, label_files, split, cfg.names, workers)
+        if cache:
+            index.cache_path = cache_path if save_cache(cache_path, digest, index) else None
+    index.problems[:0] = listing
     return index
 
 
 def _scan_yolo(
     im_files: list[str], label_files: list[str], split: str, names: list[str], workers: int | None
 ) -> SplitIndex:
+    """Check every image and read its label file (in threads); an unusable image is skipped with
+    its labels and counted as corrupt, a damaged but usable one (a truncated JPEG) reported."""
     nc = len(names)
 
     def one(i: int) -> tuple:
-        shape, reason = check_image(im_files[i])
-        if shape is None:
-            return None, f"{im_files[i]}: {reason}, skipped", None
-        return shape, None, read_label_file(label_files[i], nc)
+        check = inspect_image(im_files[i])
+        if check.shape is None:
+            return None, f"{im_files[i]}: {check.reason}, skipped", None, None
+        warning = f"{im_files[i]}: {check.warning}" if check.warning else None
+        return check.shape, None, warning, read_label_file(label_files[i], nc)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, range(len(im_files))))
     index = SplitIndex(split, list(names), [], n_listed=len(im_files))
-    for im_file, (shape, corrupt, lab) in zip(im_files, results):
+    for im_file, (shape, corrupt, warning, lab) in zip(im_files, results):
         if corrupt:
             index.problems.append(corrupt)
             index.n_corrupt += 1
             continue
+        if warning:
+            index.problems.append(warning)
         index.problems.extend(lab.problems)
         index.n_dropped += lab.dropped
         index.n_backgrounds += len(lab.labels) == 0

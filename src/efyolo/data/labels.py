@@ -58,11 +58,13 @@ def read_label_file(path: str, nc: int) -> LabelResult:
     """Parse and check one label file (see the module docstring for the rules).
 
     Args:
-        path: the ``.txt`` file; missing means "no objects".
+        path: the ``.txt`` file; missing means "no objects". Read as ``utf-8-sig``: a byte-order
+            mark (U+FEFF, Windows editors write one) would otherwise stick to the first class id
+            ("not a number") and lose the first box.
         nc: number of classes, for the class-id check.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except FileNotFoundError:
         return LabelResult(np.zeros((0, 5), np.float32), missing=True)
