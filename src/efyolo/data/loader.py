@@ -76,6 +76,8 @@ class DetectionDataset(Dataset):
         cache_images: decode and resize every image once, up front, into RAM.
         eval_shape: ``(h, w)`` every validation input is letterboxed to (an exported model with a
             fixed, possibly non-square input); default ``(imgsz, imgsz)``. Without ``rect`` only.
+        rect_pad: extra padding of rectangular batches in strides (YOLOv5's 0.5; ``efyolo val --rect``
+            uses 0, so that square images get exactly ``imgsz``). With ``rect`` only.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class DetectionDataset(Dataset):
         seed: int = 0,
         cache_images: bool = False,
         eval_shape: tuple[int, int] | None = None,
+        rect_pad: float = 0.5,
     ) -> None:
         self.index = index
         self.eval_shape = tuple(eval_shape) if eval_shape is not None else (imgsz, imgsz)
@@ -101,7 +104,7 @@ class DetectionDataset(Dataset):
         self.bad_files: set[str] = set()
         self.batch_shapes = None
         if rect:
-            order, self.batch_shapes = rect_batch_shapes(index.shapes, batch_size, imgsz, stride)
+            order, self.batch_shapes = rect_batch_shapes(index.shapes, batch_size, imgsz, stride, rect_pad)
             self.records = [self.records[i] for i in order]
         self._cache: list[tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None] = [None] * len(self.records)
         if cache_images:
@@ -135,22 +138,35 @@ class DetectionDataset(Dataset):
             return None
         return resize_long_side(img, self.imgsz, self.augment)
 
-    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """Image ``i`` resized so that its long side is ``imgsz``, with original and new ``(h, w)``.
+    def load_image(self, i: int) -> tuple[int, np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Record ``j`` (``i``, or its substitute) and its image resized so that its long side is
+        ``imgsz``, with original and new ``(h, w)``: ``(j, img, (h0, w0), (h, w))``.
 
-        An image that became unreadable after the scan is replaced by the next readable one,
-        counted in :attr:`bad_files` and logged once; training never stops for it.
+        An image that became unreadable after the scan is replaced by the next readable record,
+        counted in :attr:`bad_files` and logged once; training never stops for it. The caller
+        must take labels, path and shape from record ``j``, never from ``i``: the image of one
+        record with the labels of another would be trained on and scored as a wrong pair.
         """
-        for step in range(len(self.records)):
-            j = (i + step) % len(self.records)
+        n = len(self.records)
+        unreadable = []
+        for step in range(n):
+            j = (i + step) % n
             loaded = self._cache[j] or self._read_resized(j)
             if loaded is not None:
-                return loaded
-            path = self.records[j].im_file
+                self._warn_unreadable(unreadable, self.records[j].im_file)
+                return (j, *loaded)
+            unreadable.append(self.records[j].im_file)
+        raise RuntimeError("no readable image left in the dataset")
+
+    def _warn_unreadable(self, paths: list[str], substitute: str) -> None:
+        """Count ``paths`` in :attr:`bad_files` and log each one the first time it is found."""
+        for path in paths:
             if path not in self.bad_files:
                 self.bad_files.add(path)
-                LOGGER.warning(f"{path}: image unreadable, skipped ({len(self.bad_files)} so far)")
-        raise RuntimeError("no readable image left in the dataset")
+                LOGGER.warning(
+                    f"{path}: image unreadable since the scan, replaced by {substitute} with its own "
+                    f"labels ({len(self.bad_files)} unreadable so far)"
+                )
 
     def _pixel_labels(self, i: int, h: int, w: int) -> np.ndarray:
         labels = self.records[i].labels
@@ -160,26 +176,40 @@ class DetectionDataset(Dataset):
             out[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h)
         return out
 
-    def _load_for_mosaic(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        img, _, (h, w) = self.load_image(i)
-        return img, self._pixel_labels(i, h, w)
+    def _load_for_mosaic(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(j, img, labels)``: the record loaded for ``i`` (see :meth:`load_image`), its resized
+        image and its pixel ``xyxy`` labels in that image."""
+        j, img, _, (h, w) = self.load_image(i)
+        return j, img, self._pixel_labels(j, h, w)
 
     # ---- samples ------------------------------------------------------------------------------
     def __getitem__(self, i: int):
-        h0, w0 = self.records[i].shape
+        """Sample ``i``; the path returned is that of the record whose image and labels were used
+        (a substitute when image ``i`` became unreadable, see :meth:`load_image`), so that the
+        validator, which looks ground truth up by path, scores the pair that was predicted on."""
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             hyp = self.hyp if self.mosaic else {**self.hyp, "mosaic": 0.0}
-            img, labels = train_sample(i, len(self), self._load_for_mosaic, self.imgsz, rng, hyp)
-            shapes = ((h0, w0), (1.0, (0.0, 0.0)))
+            used: dict[int, int] = {}  # dataset index -> record loaded for it
+
+            def load(k: int) -> tuple[np.ndarray, np.ndarray]:
+                j, img, labels = self._load_for_mosaic(k)
+                used.setdefault(k, j)
+                return img, labels
+
+            img, labels = train_sample(i, len(self), load, self.imgsz, rng, hyp)
+            record = self.records[used.get(i, i)]
+            shapes = (record.shape, (1.0, (0.0, 0.0)))
         else:
-            img, (h0, w0), (h, w) = self.load_image(i)
+            j, img, (h0, w0), (h, w) = self.load_image(i)
+            record = self.records[j]
+            # the batch's shape (rect batches), not the substitute's: a batch is one tensor
             shape = tuple(self.batch_shapes[i]) if self.batch_shapes is not None else self.eval_shape
             img, gain, pad = letterbox(img, shape, auto=False, scaleup=False)
-            labels = letterbox_labels(self._pixel_labels(i, h, w), gain, pad)
+            labels = letterbox_labels(self._pixel_labels(j, h, w), gain, pad)
             # network-input boxes -> original pixels: undo letterbox, then the resize to (h, w)
             shapes = ((h0, w0), (gain * h / h0, pad))
-        return self._to_tensors(img, labels, self.records[i].im_file, shapes)
+        return self._to_tensors(img, labels, record.im_file, shapes)
 
     @staticmethod
     def _to_tensors(img: np.ndarray, labels: np.ndarray, path: str, shapes: Any):
