@@ -212,7 +212,7 @@ def export_model(
     nms_opts = NmsOptions() if nms is True else (nms or None)
     check_options(fmt, batch, dynamic, half, nms_opts, dev, opset)
     ckpt = load_checkpoint(weights, map_location="cpu")
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, source=weights)
     size = check_imgsz(imgsz if imgsz is not None else ckpt.get("imgsz") or DEFAULT_IMGSZ, model.max_stride)
     names = list(model.names)
     cfg = ckpt.get("model_config") or {}

@@ -9,7 +9,6 @@ fixed input size (the EfficientFormer attention bias, the head's grids) into ini
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from efyolo.errors import EfyoloError
+from efyolo.files import temp_file_beside
 from efyolo.export.metadata import encode
 from efyolo.export.nms_graph import EndToEnd
 from efyolo.export.requires import require
@@ -98,7 +98,7 @@ def export_onnx(
     if dynamic:
         out_axes = {0: "batch"} if nms else {0: "batch", 1: "anchors"}
         axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: out_axes}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # the umask's mode, not mkstemp's 0600
     os.close(fd)
     try:
         with torch.no_grad(), quiet_tracing():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +13,7 @@ from torch import nn
 
 from efyolo.export.nms_graph import EndToEnd
 from efyolo.export.onnx import quiet_tracing
+from efyolo.files import temp_file_beside
 
 EXTRA_FILE = "efyolo.json"  # name of the metadata entry inside the TorchScript archive
 
@@ -39,7 +39,7 @@ def export_torchscript(
     net = (EndToEnd(model, onnx=False, **nms) if nms else model).eval()
     with torch.no_grad(), quiet_tracing():
         traced = torch.jit.trace(net, example, strict=False, check_trace=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # the umask's mode, not mkstemp's 0600
     os.close(fd)
     try:
         with warnings.catch_warnings():
