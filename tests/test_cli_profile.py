@@ -32,7 +32,7 @@ def test_profile_bad_input_exits_2_with_one_line(capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'yolov5q'" in err[0]
     assert main(["profile", "--model", "yolov5n", "--imgsz", "100"]) == 2
-    assert "multiples of 32" in capsys.readouterr().err
+    assert "not a positive multiple of the model stride 32" in capsys.readouterr().err
     assert main(["profile", "--model", "yolov5n", "--imgsz", "64", "--device", "cpu", "--half"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from efyolo.data.augment import PAD_COLOR, letterbox
 from efyolo.data.sources import Frame, Sources
+from efyolo.engine.checks import check_imgsz, check_inference_options
 from efyolo.engine.results import Result
 from efyolo.engine.select_device import select_device
 from efyolo.errors import EfyoloError
@@ -112,7 +113,7 @@ class PyTorchBackend:
         from efyolo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(path, map_location="cpu")
-        model = model_from_checkpoint(ckpt)  # carries the checkpoint's class names
+        model = model_from_checkpoint(ckpt, source=path)  # carries the checkpoint's class names
         return cls(model, device, half=half, fuse=fuse, imgsz=ckpt.get("imgsz"), copy=False)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -150,25 +151,6 @@ def load_backend(weights: str | Path, device: torch.device, half: bool = False, 
 # --------------------------------------------------------------------------------------------
 # Pre- and post-processing (pure functions)
 # --------------------------------------------------------------------------------------------
-
-
-def check_imgsz(imgsz: int | Sequence[int], stride: int) -> tuple[int, int]:
-    """``imgsz`` (one int or ``(h, w)``) -> ``(h, w)``, each a positive multiple of ``stride``.
-
-    Raises:
-        EfyoloError: a side is not a positive multiple of the stride (nearest valid sizes named).
-    """
-    sides = [imgsz] * 2 if isinstance(imgsz, (int, np.integer)) else list(imgsz)
-    if len(sides) == 1:
-        sides = sides * 2
-    if len(sides) != 2:
-        raise EfyoloError(f"imgsz {imgsz}: expected one size or (height, width)")
-    for s in sides:
-        if int(s) != s or s <= 0 or int(s) % stride:
-            lo, hi = max(stride, int(s) // stride * stride), max(stride, math.ceil(s / stride) * stride)
-            hint = f"{lo}" if lo == hi else f"{lo} or {hi}"
-            raise EfyoloError(f"imgsz {s} is not a positive multiple of the model stride {stride} (try {hint})")
-    return int(sides[0]), int(sides[1])
 
 
 def batch_shape(
@@ -361,12 +343,7 @@ class Detector:
             batch: images per forward pass.
             rect: pad each batch only to the smallest stride multiple (else to full ``imgsz``).
         """
-        if batch < 1:
-            raise EfyoloError(f"batch must be at least 1, got {batch}")
-        if max_det < 1:
-            raise EfyoloError(f"max_det must be at least 1, got {max_det}")
-        if not 0 <= conf <= 1 or not 0 <= iou <= 1:
-            raise EfyoloError(f"conf {conf} and iou {iou} must be in [0, 1]")
+        check_inference_options(conf=conf, iou=iou, batch=batch, max_det=max_det)
         size = check_imgsz(self.imgsz if imgsz is None else imgsz, self.stride)
         sources = source if isinstance(source, Sources) else Sources(source)
         nms = {
@@ -427,7 +404,9 @@ class Detector:
 
     def val(self, data: Any, **kwargs: Any) -> Any:
         """Evaluate on a dataset's val split: ``efyolo.engine.validator.validate_model(self.model, data, **kwargs)``
-        (the weights file for exported models, which have no ``nn.Module``)."""
+        (the weights file for exported models, which have no ``nn.Module``), at :attr:`imgsz` unless given."""
         from efyolo.engine.validator import validate_model
 
+        size = self.imgsz
+        kwargs.setdefault("imgsz", max(size) if isinstance(size, (tuple, list)) else size)
         return validate_model(self.model if self.model is not None else self.weights, data, **kwargs)

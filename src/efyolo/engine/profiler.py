@@ -44,13 +44,10 @@ class Profile:
 
 
 def parse_imgsz(imgsz: int | Sequence[int], stride: int = 32) -> tuple[int, int]:
-    """``640`` or ``(h, w)`` -> ``(h, w)``, checking both are positive multiples of ``stride``."""
-    size = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz)
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % stride for s in size):
-        raise EfyoloError(f"image size {imgsz} must be one or two positive multiples of {stride}")
-    return size[0], size[1]
+    """``640`` or ``(h, w)`` -> ``(h, w)``: :func:`efyolo.engine.checks.check_imgsz` (one check for all commands)."""
+    from efyolo.engine.checks import check_imgsz
+
+    return check_imgsz(imgsz, stride)
 
 
 def count_gflops(model: nn.Module, x: torch.Tensor) -> float:

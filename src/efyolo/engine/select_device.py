@@ -19,8 +19,13 @@ def select_device(device: str | int | torch.device | None = None) -> torch.devic
     text = "" if device is None else str(device).strip().lower().replace("cuda:", "")
     if text in ("", "auto"):
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if text in ("cpu", "mps"):
-        return torch.device(text)
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise EfyoloError(f"--device {device!r}: Apple MPS is not available on this machine (use --device cpu)")
+        return torch.device("mps")
     indices = [t for t in text.split(",") if t]
     if not all(t.isdigit() for t in indices):
         raise EfyoloError(f"--device {device!r}: expected cpu, a CUDA index (0) or a list (0,1)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,46 @@ DEMO_DEFAULTS = {
 }
 
 AUTOANCHOR_MODES = ("check", "refit", "off")
+
+# The allowed range of every hyperparameter: (low, high, high excluded). A value outside it is an
+# error naming the key, before any work: probabilities and fractions lie in [0, 1], gains are not
+# negative, a random scale gain of 1 or more could shrink an image to nothing.
+_PROBABILITY = (0.0, 1.0, False)
+_NON_NEGATIVE = (0.0, math.inf, False)
+HYP_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr0": (0.0, math.inf, False),  # and above 0, checked separately
+    "lrf": _NON_NEGATIVE,
+    "momentum": (0.0, 1.0, True),
+    "weight_decay": _NON_NEGATIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "warmup_momentum": (0.0, 1.0, True),
+    "warmup_bias_lr": _NON_NEGATIVE,
+    "box": _NON_NEGATIVE,
+    "cls": _NON_NEGATIVE,
+    "cls_pw": _NON_NEGATIVE,
+    "obj": _NON_NEGATIVE,
+    "obj_pw": _NON_NEGATIVE,
+    "iou_t": _PROBABILITY,
+    "anchor_t": (1.0, math.inf, False),
+    "fl_gamma": _NON_NEGATIVE,
+    "label_smoothing": (0.0, 1.0, True),
+    "hsv_h": _PROBABILITY,
+    "hsv_s": _PROBABILITY,
+    "hsv_v": _PROBABILITY,
+    "degrees": (0.0, 180.0, False),
+    "translate": _PROBABILITY,
+    "scale": (0.0, 1.0, True),
+    "shear": (0.0, 90.0, True),
+    "perspective": (0.0, 1.0, True),
+    "flipud": _PROBABILITY,
+    "fliplr": _PROBABILITY,
+    "mosaic": _PROBABILITY,
+    "mixup": _PROBABILITY,
+    "copy_paste": _PROBABILITY,
+    "adam_beta2": (0.0, 1.0, True),
+    "backbone_lr_mult": _NON_NEGATIVE,
+}
+_POSITIVE_HYP = ("lr0", "cls_pw", "obj_pw")  # must be above zero, not just non-negative
 
 
 @dataclass
@@ -124,9 +165,12 @@ class TrainConfig:
         given = {k: v for k, v in kwargs.items() if v is not None}
         if given.get("data") is None and not given.get("resume"):
             explicit_epochs = "epochs" in given
+            own_lr0 = "lr0" in read_hyp_overrides(given.get("hyp"))  # checks the user's hyp now
             for key, value in DEMO_DEFAULTS.items():
                 if key == "time" and explicit_epochs:
                     continue  # an explicit epoch count is not re-planned
+                if key == "lr0" and own_lr0:
+                    continue  # the user's --hyp sets lr0: it wins over the demo's
                 given.setdefault(key, value)
         hours = given.get("time")
         if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
@@ -134,6 +178,31 @@ class TrainConfig:
         if given.get("autoanchor", "check") not in AUTOANCHOR_MODES:
             raise EfyoloError(f"autoanchor must be one of {AUTOANCHOR_MODES}, got {given['autoanchor']!r}")
         return cls(**given)
+
+    def validate(self) -> None:
+        """Check every option before any work (no run folder, no dataset scan): one clear error each."""
+        from efyolo.engine.checks import MAX_IMGSZ, check_int, check_positive, check_range
+
+        if self.resume:
+            return  # the checkpoint's own options are checked when it is loaded
+        check_int("epochs", self.epochs, 1)
+        check_int("batch", self.batch, 1)
+        check_int("workers", self.workers, 0)
+        check_int("patience", self.patience, 0)
+        check_int("close_mosaic", self.close_mosaic, 0)
+        check_int("nbs", self.nbs, 1)
+        check_int("seed", self.seed, 0)
+        check_int("max_det", self.max_det, 1)
+        check_int("imgsz", self.imgsz, 1)
+        if self.imgsz > MAX_IMGSZ:
+            raise EfyoloError(f"imgsz {self.imgsz} is larger than the supported maximum {MAX_IMGSZ} pixels")
+        if self.lr0 is not None:
+            check_positive("lr0", self.lr0)
+        check_range("conf", self.conf, 0.0, 1.0)
+        check_range("iou", self.iou, 0.0, 1.0)
+        if self.optimizer not in ("auto", "SGD", "AdamW", "Adam"):
+            raise EfyoloError(f"optimizer must be auto, SGD, AdamW or Adam, got {self.optimizer!r}")
+        read_hyp_overrides(self.hyp)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,23 +213,41 @@ def default_hyp() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def load_hyp(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The built-in hyperparameters updated with ``hyp`` (a YAML path or a mapping).
+def read_hyp_overrides(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, float]:
+    """The hyperparameters a user set (a YAML path or a mapping), checked key by key.
 
-    Unknown keys are an error naming the key (a typo would otherwise be silently ignored).
+    Raises:
+        EfyoloError: an unknown key (a typo would otherwise be silently ignored), a value that is
+            not a finite number, or one outside its range (:data:`HYP_RANGES`), naming the file and key.
     """
-    out = default_hyp()
     if hyp is None:
-        return out
+        return {}
     source = "hyp"
     if not isinstance(hyp, Mapping):
         path = Path(hyp)
         source = f"hyperparameter file {path}"
         hyp = read_yaml_mapping(path, "hyperparameter file")
+    known = default_hyp()
+    out: dict[str, float] = {}
     for key, value in hyp.items():
-        if key not in out:
+        if key not in known:
             raise EfyoloError(f"{source}: unknown hyperparameter {key!r}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise EfyoloError(f"{source}: hyperparameter {key!r} must be a number, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise EfyoloError(f"{source}: hyperparameter {key!r} must be a finite number, got {value!r}")
+        lo, hi, hi_open = HYP_RANGES.get(key, _NON_NEGATIVE)
+        if key in _POSITIVE_HYP and value <= 0:
+            raise EfyoloError(f"{source}: hyperparameter {key!r} must be above 0, got {value!r}")
+        if value < lo or value > hi or (hi_open and value == hi):
+            upper = "" if hi == math.inf else (f", {hi:g})" if hi_open else f", {hi:g}]")
+            rule = f"in [{lo:g}{upper}" if upper else f"at least {lo:g}"
+            raise EfyoloError(f"{source}: hyperparameter {key!r} must be {rule}, got {value!r}")
         out[key] = float(value)
+    return out
+
+
+def load_hyp(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The built-in hyperparameters updated with ``hyp`` (a YAML path or a mapping), checked by
+    :func:`read_hyp_overrides`."""
+    out = default_hyp()
+    out.update(read_hyp_overrides(hyp))
     return out

@@ -9,9 +9,11 @@ the checkpoints. Only rank 0 writes files and logs under DDP.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,13 +26,14 @@ from torch import nn
 from tqdm import tqdm
 
 from efyolo.engine import distributed as ddp
-from efyolo.engine.checkpoint import load_checkpoint, save_checkpoint
+from efyolo.engine.checkpoint import check_resumable, load_checkpoint, non_finite_tensors, save_checkpoint
 from efyolo.engine.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.engine.select_device import select_device
 from efyolo.engine.time_budget import TimeBudget
-from efyolo.engine.train_config import TrainConfig, load_hyp
+from efyolo.engine.train_config import TrainConfig, load_hyp, read_hyp_overrides
 from efyolo.errors import EfyoloError
+from efyolo.files import remove_stale_temps
 
 LOGGER = logging.getLogger("efyolo")
 RESULT_COLUMNS = (
@@ -84,6 +87,7 @@ class Trainer:
     """A training run. ``Trainer(TrainConfig(...)).train()`` or ``efyolo.train(...)``."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()  # every option checked before any folder is made or any file read
         self.cfg = cfg
         self.dist = ddp.dist_info()
         self.log = sys.stdout if self.dist.is_main else None
@@ -95,6 +99,12 @@ class Trainer:
         self.budget: TimeBudget | None = None  # --time
         self.out_of_time = False  # the budget ended an epoch early
         self.last_train_seconds = 0.0
+        self.first_plan = cfg.epochs  # the epochs asked for, before a time budget re-planned them
+        self.stopped_in_epoch: tuple[int, int, int] | None = None  # (epoch, batches done, batches) when cut
+        self.improved = False  # the latest validation beat the best fitness
+        self.best_saved = False  # best.pt written by this run (a reused --exist-ok folder may hold an old one)
+        self.lr0_source = ""
+        self.last_batch: torch.Tensor | None = None  # a few training images, for check_eval_forward
 
     # ------------------------------------------------------------------------------- setup
     def _print(self, *args: Any) -> None:
@@ -102,22 +112,26 @@ class Trainer:
             print(*args, file=self.log, flush=True)
 
     def setup(self) -> None:
+        """Everything before the first epoch. The run folder is made last, once the data, the
+        model and every option have been checked, so a bad argument leaves no empty folder."""
         cfg = self.cfg
         if cfg.resume:
             self._load_resume()
             cfg = self.cfg
         self.device = self._device()
         ddp.init_distributed(self.dist, self.device)
-        self.save_dir = self._save_dir()
-        self.wdir = self.save_dir / "weights"
         self._seed(cfg.seed)
         self.hyp = load_hyp(cfg.hyp)
-        self._setup_data()
+        self._load_data()
         self._setup_model()
+        self._build_loaders()
         self._setup_optimisation()
+        self.save_dir = self._save_dir()
+        self.wdir = self.save_dir / "weights"
         if self.resume_ckpt is not None:
             self._restore_state(self.resume_ckpt)
         if self.dist.is_main:
+            self._prepare_run_folder()
             self._write_run_files()
 
     def _device(self) -> torch.device:
@@ -149,22 +163,35 @@ class Trainer:
         path = Path(cfg.resume) if isinstance(cfg.resume, (str, Path)) and cfg.resume not in ("", "True") else None
         path = path or find_last_checkpoint(cfg.project)
         ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "train_args" not in ckpt:
-            raise EfyoloError(f"--resume {path}: not a last.pt of an unfinished run (no optimizer state)")
+        check_resumable(ckpt, path)
         if ckpt.get("finished"):
-            raise EfyoloError(f"--resume {path}: that run already finished all {ckpt['train_args']['epochs']} epochs")
+            raise EfyoloError(f"--resume {path}: that run already finished all {ckpt['train_args'].get('epochs')} epochs")
         args = dict(ckpt["train_args"])
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise EfyoloError(f"--resume {path}: unknown training option(s) {unknown} in 'train_args' "
+                              "(written by another efyolo version?)")
         # The machine may differ: keep this invocation's device and workers.
         args.update(device=cfg.device, workers=cfg.workers, resume=False)
-        self.cfg = TrainConfig(**args)
+        try:
+            self.cfg = TrainConfig(**args)
+            self.cfg.validate()
+        except (EfyoloError, TypeError) as err:
+            raise EfyoloError(f"--resume {path}: its 'train_args' are invalid: {err}") from None
+        bad = non_finite_tensors(ckpt["state_dict"]) + non_finite_tensors(ckpt["model_state"])
+        if bad:
+            raise EfyoloError(f"--resume {path}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]})")
+        self.first_plan = int(ckpt.get("first_plan") or self.cfg.epochs)
         self.resume_ckpt, self.resume_path = ckpt, path
         self.start_epoch = int(ckpt["epoch"]) + 1
         self._print(f"Resuming {path} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
 
-    def _setup_data(self) -> None:
+    def _load_data(self) -> None:
+        """Read the dataset YAML and scan both splits; an unusable split is an error here."""
         from efyolo.data.config import load_data_config
         from efyolo.data.dataset import scan_split
-        from efyolo.data.loader import DetectionDataset, build_dataloader
+        from efyolo.engine.validator import check_split_usable
 
         cfg = self.cfg
         if cfg.data is None:
@@ -178,18 +205,30 @@ class Trainer:
             self._print(f"Using the built-in synthetic dataset: {path}")
         self.data_cfg = load_data_config(cfg.data)
         self.names = list(self.data_cfg.names)
-        train_index = scan_split(self.data_cfg, "train")
-        val_index = scan_split(self.data_cfg, "val")
-        self._print(train_index.summary())
-        self._print(val_index.summary())
+        self.train_index = scan_split(self.data_cfg, "train")
+        self.val_index = scan_split(self.data_cfg, "val")
+        self._print(self.train_index.summary())
+        self._print(self.val_index.summary())
+        check_split_usable(self.train_index, self.data_cfg.yaml_path)
+        check_split_usable(self.val_index, self.data_cfg.yaml_path)
         world = self.dist.world_size
         if cfg.batch < world:
             raise EfyoloError(f"--batch {cfg.batch} is smaller than the number of processes {world}")
         self.batch_per_rank = cfg.batch // world
-        cache = cfg.cache if cfg.cache is not None else len(train_index) * cfg.imgsz**2 * 3 < 2 * 2**30
-        self.stride = 32
+
+    def _build_loaders(self) -> None:
+        """The training and validation loaders, with the model's real stride (known by now).
+
+        Validation letterboxes every image into ``imgsz x imgsz``: the geometry of ``efyolo val``
+        and of a fixed-shape export, so the mAP printed here is the one those give.
+        """
+        from efyolo.data.loader import DetectionDataset, build_dataloader
+
+        cfg, world = self.cfg, self.dist.world_size
+        cache = cfg.cache if cfg.cache is not None else len(self.train_index) * cfg.imgsz**2 * 3 < 2 * 2**30
         self.train_set = DetectionDataset(
-            train_index, cfg.imgsz, augment=True, hyp=self.hyp, stride=self.stride, seed=cfg.seed, cache_images=cache
+            self.train_index, cfg.imgsz, augment=True, hyp=self.hyp, stride=self.stride, seed=cfg.seed,
+            cache_images=cache,
         )
         self.train_loader = build_dataloader(
             self.train_set, self.batch_per_rank, cfg.workers, shuffle=True, seed=cfg.seed,
@@ -197,10 +236,7 @@ class Trainer:
         )
         self.val_loader = None
         if self.dist.is_main:
-            val_set = DetectionDataset(
-                val_index, cfg.imgsz, rect=True, batch_size=self.batch_per_rank * 2, stride=self.stride,
-                cache_images=cache,
-            )
+            val_set = DetectionDataset(self.val_index, cfg.imgsz, rect=False, stride=self.stride, cache_images=cache)
             self.val_loader = build_dataloader(val_set, self.batch_per_rank * 2, cfg.workers, shuffle=False)
 
     def _setup_model(self) -> None:
@@ -215,6 +251,10 @@ class Trainer:
             model = DetectionModel(self.resume_ckpt["model_config"], nc=nc)
         elif cfg.weights:
             ckpt = load_checkpoint(cfg.weights)
+            bad = non_finite_tensors(ckpt["state_dict"])
+            if bad:
+                raise EfyoloError(f"--weights {cfg.weights}: {len(bad)} tensors hold NaN or infinity "
+                                  f"(first: {bad[0]}); the file comes from a diverged run")
             model = DetectionModel(ckpt["model_config"], nc=nc)
             n = _transfer_weights(model, ckpt["state_dict"])
             self._print(f"Transferred {n}/{len(model.state_dict())} tensors from {cfg.weights}")
@@ -229,7 +269,7 @@ class Trainer:
         self._freeze(model)
         if self.resume_ckpt is None and cfg.autoanchor != "off":
             wh = label_wh_from_dataset(
-                self.train_set.index.shapes[:, ::-1].astype(float), self.train_set.index.labels, cfg.imgsz,
+                self.train_index.shapes[:, ::-1].astype(float), self.train_index.labels, cfg.imgsz,
                 np.random.default_rng(cfg.seed),
             )
             report = check_anchors(model.detect, wh, thr=self.hyp["anchor_t"], imgsz=cfg.imgsz, seed=cfg.seed,
@@ -275,14 +315,13 @@ class Trainer:
         # 1,000 optimizer steps: with 800 images, batch 16 and 10 epochs YOLOv5 makes only 125 steps.
         self.accumulate = max(min(round(cfg.nbs / cfg.batch), total_iters // 1000), 1)
         weight_decay = hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        name, lr0 = cfg.optimizer, cfg.lr0
+        name = cfg.optimizer
         if name == "auto":
             # Short schedules learn far better with AdamW (see README, "Small datasets").
             name = "AdamW" if total_iters < 10_000 else "SGD"
-            if lr0 is None and name == "AdamW":
-                lr0 = round(0.002 * 5 / (4 + len(self.names)), 6)
         self.optimizer_name = name
-        self.lr0 = float(lr0 if lr0 is not None else hyp["lr0"])
+        self.lr0, self.lr0_source = self._choose_lr0(name)
+        hyp["lr0"] = self.lr0  # hyp.yaml and the checkpoints record the learning rate really used
         self.optimizer = build_optimizer(
             unwrap(self.model), name, self.lr0, hyp["momentum"], weight_decay, hyp["backbone_lr_mult"],
             hyp["adam_beta2"],
@@ -305,7 +344,7 @@ class Trainer:
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._print(
-            f"optimizer: {name}(lr={self.lr0:g}, momentum={hyp['momentum']}) with parameter groups "
+            f"optimizer: {name}(lr={self.lr0:g} {self.lr0_source}, momentum={hyp['momentum']}) with parameter groups "
             f"{[g['name'] for g in self.optimizer.param_groups]}, weight_decay={weight_decay:g}, "
             f"accumulate {self.accumulate} batches (nominal batch {cfg.nbs}), warmup {self.nw} iterations, "
             f"EMA decay {decay:.4g} (ramp {tau:g} steps)"
@@ -313,6 +352,19 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _choose_lr0(self, optimizer: str) -> tuple[float, str]:
+        """The initial learning rate and where it comes from: ``--lr0``, then an ``lr0`` in the
+        user's ``--hyp``, then (``--optimizer auto`` choosing AdamW) the AdamW rule, else the default hyp."""
+        cfg = self.cfg
+        if cfg.lr0 is not None:
+            return float(cfg.lr0), "from the lr0 option"
+        own = read_hyp_overrides(cfg.hyp)
+        if "lr0" in own:
+            return own["lr0"], "from the hyp file"
+        if cfg.optimizer == "auto" and optimizer == "AdamW":
+            return round(0.002 * 5 / (4 + len(self.names)), 6), "(optimizer auto: AdamW's 0.002*5/(4+nc))"
+        return float(self.hyp["lr0"]), "(hyp default)"
 
     def _restore_state(self, ckpt: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(ckpt["model_state"])
@@ -326,6 +378,28 @@ class Trainer:
         self.epochs_without_improvement = int(ckpt.get("epochs_without_improvement", 0))
         _set_rng_state(ckpt["rng"])
 
+    def _prepare_run_folder(self) -> None:
+        """Make a reused or resumed folder look like a fresh run's: no leftovers of a killed writer,
+        and a ``results.csv`` that holds exactly the epochs this run's ``last.pt`` has seen."""
+        for name in ("last.pt", "best.pt"):
+            for tmp in remove_stale_temps(self.wdir, name):
+                self._print(f"Removed {tmp.name}, left by a run killed while saving")
+        path = self.save_dir / "results.csv"
+        if self.resume_ckpt is None:
+            path.unlink(missing_ok=True)  # --exist-ok reuses the folder, not the old run's rows
+            return
+        self.best_saved = (self.wdir / "best.pt").exists()
+        if path.exists():
+            # A kill between the CSV row and last.pt leaves a row of an epoch that will be trained again.
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= self.start_epoch]
+            if len(kept) != len(rows):
+                tmp = path.with_name(f".{path.name}.tmp")
+                with tmp.open("w", newline="") as f:
+                    csv.writer(f).writerows(kept)
+                tmp.replace(path)
+
     def _write_run_files(self) -> None:
         import yaml
 
@@ -335,7 +409,7 @@ class Trainer:
         (self.save_dir / "args.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
         if self.resume_ckpt is None:
-            plot_labels(self.train_set.index.labels, self.names, self.save_dir / "labels.jpg")
+            plot_labels(self.train_index.labels, self.names, self.save_dir / "labels.jpg")
 
     # ------------------------------------------------------------------------------- loop
     def train(self) -> TrainResult:
@@ -355,6 +429,7 @@ class Trainer:
         while epoch < cfg.epochs:
             t_epoch = time.time()
             train_losses = self.train_epoch(epoch)
+            self.check_finite_state(epoch)
             if self.budget is not None:
                 self._replan(epoch, time.time() - t_epoch)
             if self.dist.is_main:
@@ -363,6 +438,10 @@ class Trainer:
                 evaluation = self.validate() if (cfg.val or final_epoch) else None
                 if evaluation is not None and self.budget is not None:
                     self.budget.val_seconds = time.time() - t_val
+                if evaluation is not None and evaluation.loss is not None and not np.isfinite(evaluation.loss).all():
+                    self._diverged(f"the validation loss is {evaluation.loss.tolist()} after epoch {epoch + 1}")
+                if evaluation is None:
+                    self.check_eval_forward(epoch)
                 self.record(epoch, train_losses, evaluation, time.time() - t0)
                 self.save(epoch, evaluation, finished=final_epoch)
             if self.budget is not None:
@@ -377,8 +456,39 @@ class Trainer:
         if self.dist.is_main:
             result.metrics = self.final_validation()
             self._print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 60:.1f} minutes")
+            budget_note = self._budget_note()
+            if budget_note:
+                self._print(budget_note)
+            self._print(self.next_steps())
         ddp.barrier()
         return result
+
+    def _budget_note(self) -> str:
+        """A line saying whether the time budget ended the run short of its first plan ("" if not)."""
+        if self.budget is None:
+            return ""
+        notes = []
+        if self.cfg.epochs < self.first_plan:
+            notes.append(f"trained {self.cfg.epochs} of the {self.first_plan} epochs first planned")
+        if self.stopped_in_epoch is not None:
+            e, done, total = self.stopped_in_epoch
+            notes.append(f"epoch {e + 1} stopped after {done}/{total} batches")
+        if not notes:
+            return ""
+        return (f"Note: the time budget ({self.cfg.time * 60:.1f} min) cut the run short: {'; '.join(notes)}. "
+                "A longer --time (or --epochs N without --time) trains the whole plan.")
+
+    def next_steps(self) -> str:
+        """Ready-to-paste commands for the trained model, with the run's real paths and size."""
+        best, size = shlex.quote(str(self.wdir / "best.pt")), self.cfg.imgsz
+        data = shlex.quote(str(self.data_cfg.yaml_path))
+        images = shlex.quote(str(Path(self.val_index.im_files[0]).parent))
+        return "\n".join([
+            "Next steps:",
+            f"  efyolo val --weights {best} --data {data} --imgsz {size}",
+            f"  efyolo detect --weights {best} --source {images} --imgsz {size}",
+            f"  efyolo export --weights {best} --format onnx --imgsz {size}",
+        ])
 
     def _replan(self, epoch: int, train_seconds: float) -> None:
         """``--time``: set the run's epochs to what fits the budget (rank 0 decides for all ranks)."""
@@ -428,6 +538,8 @@ class Trainer:
                 accumulate = max(1, int(np.interp(ni, [0, self.nw], [1, self.accumulate]).round()))
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255.0)
             imgs = imgs.contiguous(memory_format=torch.channels_last)
+            if i == 0:
+                self.last_batch = imgs[:2].detach()  # for check_eval_forward
             with torch.autocast(self.device.type, enabled=self.amp):
                 preds = self.model(imgs)
                 loss, items = self.compute_loss(preds, targets.to(self.device))
@@ -444,12 +556,12 @@ class Trainer:
                     f"inst {targets.shape[0]} size {imgs.shape[-1]}"
                 )
             if not math.isfinite(float(loss.detach())):
-                raise RuntimeError(f"training loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i}; "
-                                   "lower --lr0 or check the labels")
+                self._diverged(f"the training loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i + 1}")
             if deadline is not None and time.time() > deadline and i < self.nb - 1:
                 if last_step != ni:
                     self.optimizer_step()
                 self.out_of_time = True
+                self.stopped_in_epoch = (epoch, i + 1, self.nb)
                 bar.close()
                 self._print(f"Time budget reached after {i + 1}/{self.nb} batches of epoch {epoch + 1}: "
                             "this epoch is the last")
@@ -458,12 +570,52 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        # Under AMP an inf gradient is the scaler's business (it skips the step and lowers the scale).
+        if not self.amp and not math.isfinite(float(norm)):
+            self._diverged(f"the gradients are {float(norm)}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
         if self.ema is not None:
             self.ema.update(self.model)
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run with one clear error; the checkpoints on disk keep the last finite weights."""
+        cause = (f"the learning rate is probably too high (lr0 {self.lr0:g}, {self.optimizer_name}): "
+                 "lower --lr0 or lr0 in --hyp")
+        if self.cfg.weights:
+            cause += f", or --weights {self.cfg.weights} is unsuitable"
+        kept = " last.pt and best.pt keep the last finite weights." if (self.wdir / "last.pt").exists() else ""
+        raise EfyoloError(f"training diverged: {what}; {cause}.{kept}")
+
+    def check_finite_state(self, epoch: int) -> None:
+        """After an epoch: every weight and BatchNorm statistic (model and EMA) must be finite.
+
+        A diverging run can keep a finite training loss (train-mode BatchNorm normalises with the
+        batch's own statistics) while its running statistics overflow; validation then gives NaN
+        and the checkpoints would hold NaN/inf. Checking before validation and saving stops that.
+        """
+        states = [("model", unwrap(self.model).state_dict())]
+        if self.ema is not None:
+            states.append(("EMA", self.ema.ema.state_dict()))
+        for label, state in states:
+            bad = non_finite_tensors(state)
+            if bad:
+                self._diverged(f"after epoch {epoch + 1}, {len(bad)} {label} tensors hold NaN or infinity "
+                               f"(first: {bad[0]})")
+
+    @torch.no_grad()
+    def check_eval_forward(self, epoch: int) -> None:
+        """Without a validation this epoch (``--noval``): the EMA model in eval mode on a few of the
+        last training images must give finite outputs. Weights can grow huge yet finite, so that
+        only an eval-mode forward (running BatchNorm statistics) overflows to NaN."""
+        if self.ema is None or self.last_batch is None:
+            return
+        out = self.ema.ema.eval()(self.last_batch.to(self.device))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not bool(torch.isfinite(out).all()):
+            self._diverged(f"after epoch {epoch + 1} the model's predictions hold NaN or infinity")
 
     # ------------------------------------------------------------------------------- eval/save
     def validate(self):
@@ -529,10 +681,15 @@ class Trainer:
             "epochs_without_improvement": self.epochs_without_improvement,
             "finished": finished or self.stop,
             "time_used": self.budget.elapsed() if self.budget is not None else None,
+            "first_plan": self.first_plan,
         }
+        bad = non_finite_tensors(payload["state_dict"]) + non_finite_tensors(resume_state["model_state"])
+        if bad:  # never replace a good checkpoint by a diverged one
+            self._diverged(f"{len(bad)} tensors to save hold NaN or infinity (first: {bad[0]})")
         save_checkpoint({**payload, **resume_state}, self.wdir / "last.pt")
-        if self.improved or not (self.wdir / "best.pt").exists():
+        if self.improved or not self.best_saved:
             save_checkpoint(payload, self.wdir / "best.pt")
+            self.best_saved = True
 
     def final_validation(self) -> dict[str, Any]:
         """Score ``best.pt`` once more with plots and the per-class table; returns its metrics."""
@@ -549,7 +706,7 @@ class Trainer:
         r = evaluation.result
         self._print(f"Validating {self.wdir / 'best.pt'}...")
         self._print(format_table(r, verbose=self.cfg.verbose))
-        self._print(format_speed(evaluation.speed, (self.batch_per_rank * 2, 3, self.cfg.imgsz, self.cfg.imgsz)))
+        self._print(format_speed(evaluation.speed, evaluation.input_shapes))
         save_eval_plots(r, self.save_dir)
         self._print(f"Final mAP50 {r.map50:.4f}  mAP50-95 {r.map:.4f}  (best.pt, {r.n_images} val images)")
         self._print(f"Results saved to {self.save_dir}")
