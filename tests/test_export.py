@@ -226,33 +226,37 @@ def test_val_onnx_same_map_as_pt(tmp_path, capsys) -> None:
     data = generate_dataset(tmp_path / "data", n_train=1, n_val=6, imgsz=96, seed=5)  # square 96x96 images
     weights = make_weights(tmp_path / "w.pt", nc=6, imgsz=96, calibrate=True)
 
-    def val(w: Path, batch: int, imgsz: int = 96, *extra: str) -> dict:
-        args = ["val", "--data", data, "--weights", w, "--imgsz", imgsz, "--batch", batch, "--device", "cpu",
+    def val(w: Path, batch: int, imgsz: int | None = 96, *extra: str, code: int = 0) -> dict:
+        size = ["--imgsz", imgsz] if imgsz is not None else []
+        args = ["val", "--data", data, "--weights", w, *size, "--batch", batch, "--device", "cpu",
                 "--json", "--no-plots", "--no-cache", "--project", tmp_path / "runs", *extra]
-        assert main([str(a) for a in args]) == 0
-        return json.loads(capsys.readouterr().out)
+        assert main([str(a) for a in args]) == code
+        captured = capsys.readouterr()
+        return json.loads(captured.out) if code == 0 else {"err": captured.err}
 
     first = val(weights, 4, 96, "--save-json")
     relabel_from_predictions(data, Path(first["save_dir"]) / "predictions.json", 96)
-    ref = val(weights, 4)
+    ref = val(weights, 4, None)  # the checkpoint's own size (96) by default
+    assert ref["imgsz"] == 96 and not ref["rect"]
     # The model finds its own detections again; its degenerate boxes (see relabel_from_predictions)
     # are high-scored false positives and hold mAP near 0.5.
     assert ref["map50"] > 0.4 and ref["map"] > 0.4
-    dynamic = val(export_model(weights, "onnx", dynamic=True), 4)  # the same rectangular batches as .pt
-    assert dynamic["n_images"] == 6 and about_as_many(dynamic["n_predictions"], ref["n_predictions"])
-    assert dynamic["map"] == pytest.approx(ref["map"], abs=1e-4)
-    assert dynamic["map50"] == pytest.approx(ref["map50"], abs=1e-4)
-    # A fixed-shape export gets square 96x96 batches of its own batch size (4: the last batch of 2 is
-    # padded inside the backend), while .pt val pads rectangular batches to 128: compare both on the
-    # square batches through the evaluator, and check that the CLI runs it.
-    fixed_path = export_model(weights, "onnx", batch=4, output=tmp_path / "fixed.onnx")
-    assert val(fixed_path, 32)["n_images"] == 6
-    square = [square_map(b, data, 96, 4) for b in (PyTorchBackend.from_checkpoint(weights, CPU), load_backend(fixed_path, CPU))]
-    # The labels come from the 128-padded rectangular batches; on 96x96 inputs the untrained model's
-    # boxes and scores move, and (multi-label val) the labels hold several classes per box, so only
-    # part is found again (mAP50 0.01-0.1, by dataset version). What counts here is that both
-    # runtimes agree exactly, on a non-zero mAP.
-    assert square[0].map50 > 0.005 and about_as_many(square[1].n_predictions, square[0].n_predictions)
+    # By default every format sees the same inputs, each image letterboxed to 96x96: a dynamic
+    # export, and a fixed-shape one of batch 4 (the last batch of 2 padded inside the backend),
+    # score exactly as the .pt model, whatever --batch says.
+    dynamic = export_model(weights, "onnx", dynamic=True)
+    fixed = export_model(weights, "onnx", batch=4, output=tmp_path / "fixed.onnx")
+    for path, batch in ((dynamic, 4), (fixed, 32)):
+        metrics = val(path, batch, None)
+        assert metrics["n_images"] == 6 and about_as_many(metrics["n_predictions"], ref["n_predictions"]), path
+        assert metrics["map"] == pytest.approx(ref["map"], abs=1e-4), path
+        assert metrics["map50"] == pytest.approx(ref["map50"], abs=1e-4), path
+    # --rect pads each batch only to what its images need: 96x96 for square 96-px images, so the
+    # same inputs again; a fixed-shape export cannot take it.
+    assert val(weights, 4, 96, "--rect")["map"] == pytest.approx(ref["map"], abs=1e-4)
+    assert "fixed input shape" in val(fixed, 4, 96, "--rect", code=2)["err"]
+    square = [square_map(b, data, 96, 4) for b in (PyTorchBackend.from_checkpoint(weights, CPU), load_backend(fixed, CPU))]
+    assert square[0].map == pytest.approx(ref["map"], abs=1e-4)  # the CLI's geometry is the evaluator's square one
     assert square[1].map == pytest.approx(square[0].map, abs=1e-4)
     # A non-square fixed export (64 x 96): val letterboxes every image to exactly 64 x 96, the same
     # result as the .pt model on those inputs.

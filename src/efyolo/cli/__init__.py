@@ -47,11 +47,15 @@ def _available_subcommands() -> dict[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from efyolo import __version__
+
     parser = argparse.ArgumentParser(
-        prog="efyolo", description="YOLOv5 object detection with EfficientFormer backbones."
+        prog="efyolo", description="YOLOv5 object detection with EfficientFormer backbones.",
+        epilog="`efyolo COMMAND --help` shows a command's options. Start with `efyolo train` "
+        "(the built-in demo: synthetic data, no download).",
     )
+    parser.add_argument("--version", action="version", version=f"efyolo {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
     for module in _available_subcommands().values():
         module.add_parser(subparsers)
     return parser
@@ -60,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `efyolo` alone: the usage and the commands, not an error
+        parser.print_help()
+        return 0
     try:
         return int(args.func(args) or 0)
     except EfyoloError as err:

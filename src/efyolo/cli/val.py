@@ -33,7 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument("--no-cache", action="store_true", help="rescan the split, ignore and do not write the cache")
     model = parser.add_argument_group("model options (with --weights)")
-    model.add_argument("--imgsz", type=int, default=640, help="inference size in pixels (default 640)")
+    model.add_argument("--imgsz", type=int, default=None,
+                       help="inference size in pixels (default: the size the weights were trained or exported at)")
+    model.add_argument("--rect", action="store_true",
+                       help="pad each batch only to the stride multiple its images need (faster on non-square "
+                            "images; default: every image letterboxed to imgsz x imgsz, as a fixed-shape export sees it)")
     model.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     model.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default 0.001)")
     model.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
@@ -55,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     from efyolo.engine.coco_results import read_coco_results, score_predictions
     from efyolo.engine.metrics import format_table
     from efyolo.engine.runs import increment_path
+    from efyolo.engine.validator import check_split_usable
 
     out = sys.stderr if args.json else sys.stdout
     cfg = load_data_config(args.data)
     preds = read_coco_results(args.pred)
     index = scan_split(cfg, args.split, cache=not args.no_cache)
     print(index.summary(), file=out)
+    check_split_usable(index, cfg.yaml_path)
     report = score_predictions(index, preds)
     result = report.result
     print(format_table(result, verbose=args.verbose), file=out)
@@ -95,7 +101,7 @@ def _run_weights(args: argparse.Namespace) -> int:
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
         max_det=args.max_det, device=args.device, split=args.split, project=args.project, name=args.name,
         exist_ok=args.exist_ok, save_json=args.save_json, plots=not args.no_plots, verbose=args.verbose,
-        cache=not args.no_cache, log=out, half=args.half, workers=args.workers,
+        cache=not args.no_cache, log=out, half=args.half, workers=args.workers, rect=args.rect,
     )
     if args.json:
         print(json.dumps(metrics))

@@ -42,6 +42,7 @@ class Evaluation:
     speed: dict[str, float]
     loss: np.ndarray | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    input_shapes: list[tuple[int, int, int, int]] = field(default_factory=list)  # distinct [B, 3, H, W] run
 
 
 @torch.no_grad()
@@ -80,10 +81,13 @@ def evaluate(
     times = np.zeros(3)
     loss_sum, n_images = None, 0
     predictions: list[dict[str, Any]] = []
+    input_shapes: list[tuple[int, int, int, int]] = []
     dtype = torch.float16 if half else torch.float32
     for imgs, targets, paths, shapes in tqdm(dataloader, desc=desc, leave=False, disable=not progress):
         t0 = time.perf_counter()
         x = imgs.to(device, non_blocking=True).to(dtype) / 255.0
+        if tuple(x.shape) not in input_shapes:
+            input_shapes.append(tuple(x.shape))
         t1 = time.perf_counter()
         if loss_fn is not None:
             pred, raw = model.forward_train_and_eval(x)
@@ -119,20 +123,29 @@ def evaluate(
         n_images += len(paths)
     speed = dict(zip(("preprocess", "inference", "nms"), (times * 1e3 / max(n_images, 1)).tolist()))
     loss = loss_sum / max(len(dataloader), 1) if loss_sum is not None else None
-    return Evaluation(evaluator.compute(), speed, loss, predictions)
+    return Evaluation(evaluator.compute(), speed, loss, predictions, input_shapes)
 
 
-def format_speed(speed: dict[str, float], shape: Sequence[int]) -> str:
+def format_speed(speed: dict[str, float], shapes: Sequence[Sequence[int]]) -> str:
+    """The speed line with the input shapes the model really ran on (``[B, 3, H, W]``, largest batch first)."""
+    shapes = sorted({tuple(int(v) for v in s) for s in shapes}, reverse=True)
+    if not shapes:
+        where = "(no images)"
+    elif len({s[2:] for s in shapes}) == 1:
+        where = f"at shape {shapes[0]}"
+    else:
+        largest = max(shapes, key=lambda s: (s[2] * s[3], s[0]))
+        where = f"at {len({s[2:] for s in shapes})} shapes up to {largest}"
     return (
         f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "
-        f"{speed['nms']:.1f}ms NMS per image at shape {tuple(shape)}"
+        f"{speed['nms']:.1f}ms NMS per image {where}"
     )
 
 
 def validate_model(
     weights: str | Path | nn.Module,
     data: str | Path,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     batch: int = 32,
     conf: float = 0.001,
     iou: float = 0.6,
@@ -149,33 +162,52 @@ def validate_model(
     verbose: bool = False,
     cache: bool = True,
     log: Any = None,
+    rect: bool = False,
 ) -> dict[str, Any]:
-    """``efyolo val --weights``: evaluate a checkpoint on a split of a dataset.
+    """``efyolo val --weights``: evaluate a checkpoint (or an exported model) on a split of a dataset.
+
+    Geometry (the same for every format by default): each image is resized so that its long side
+    is ``imgsz`` and letterboxed into an ``imgsz x imgsz`` input, which is what a fixed-shape export
+    sees, so a ``.pt`` file and its ``.onnx`` export score the same. ``rect=True`` instead pads each
+    batch only to the smallest multiple of the stride that holds its images (images sorted by
+    aspect ratio, as YOLOv5's val.py, but without its extra half-stride of padding): faster on
+    non-square images, for PyTorch models and ``--dynamic`` exports.
+
+    Args:
+        imgsz: the inference size (default: the size the checkpoint was trained or exported at,
+            else 640).
 
     Returns:
-        The metrics as a dict (``EvalResult.to_dict()`` plus ``speed`` and ``save_dir``).
+        The metrics as a dict (``EvalResult.to_dict()`` plus ``speed``, ``imgsz`` and ``save_dir``).
     """
     import sys
 
     from efyolo.data.config import load_data_config
     from efyolo.data.dataset import scan_split
     from efyolo.data.loader import DetectionDataset, build_dataloader
-    from efyolo.engine.predictor import PyTorchBackend, load_backend
+    from efyolo.engine.checks import check_imgsz, check_inference_options
     from efyolo.engine.metrics import format_table
-    from efyolo.engine.profiler import parse_imgsz
+    from efyolo.engine.predictor import DEFAULT_IMGSZ, PyTorchBackend, load_backend
     from efyolo.engine.runs import increment_path
     from efyolo.engine.select_device import select_device
+    from efyolo.errors import EfyoloError
 
     out = log or sys.stdout
+    check_inference_options(conf=conf, iou=iou, batch=batch, max_det=max_det, workers=workers)
     dev = select_device(device)
     if isinstance(weights, nn.Module):
         backend = PyTorchBackend(weights, dev, half=half)
     else:
         backend = load_backend(weights, device=dev, half=half)
     stride = int(backend.stride)
-    parse_imgsz(imgsz, stride)
+    if imgsz is None:
+        trained = getattr(backend, "imgsz", None)
+        imgsz = max(trained) if isinstance(trained, (tuple, list)) else (trained or DEFAULT_IMGSZ)
+    check_imgsz(imgsz, stride)
     # Exported models with a fixed input shape get square batches of that shape.
     fixed = getattr(backend, "fixed_shape", None)
+    if rect and fixed is not None:
+        raise EfyoloError(f"--rect: {weights} has a fixed input shape {tuple(fixed)}; export it with --dynamic")
     if getattr(backend, "end2end", False):
         LOGGER.warning(f"{weights} ends with NMS (exported with --nms): the confidence threshold and max_det "
                        "baked into its graph apply instead of --conf/--max-det, so its mAP is lower than the "
@@ -183,24 +215,24 @@ def validate_model(
     cfg = load_data_config(data)
     index = scan_split(cfg, split, cache=cache)
     print(index.summary(), file=out)
+    check_split_usable(index, cfg.yaml_path)
     names = list(cfg.names)
     if backend.names and len(backend.names) != len(names):
-        from efyolo.errors import EfyoloError
-
         raise EfyoloError(f"weights {weights} predict {len(backend.names)} classes but {data} has {len(names)}")
     eval_shape = None
     if fixed is not None:  # [B, 3, H, W] of the export: images go in letterboxed to exactly H x W
         batch, eval_shape = fixed[0], (fixed[2], fixed[3])
         imgsz = max(eval_shape)
-    dataset = DetectionDataset(index, imgsz, augment=False, rect=fixed is None, batch_size=batch, stride=stride,
-                               eval_shape=eval_shape)
+    dataset = DetectionDataset(index, imgsz, augment=False, rect=rect, batch_size=batch, stride=stride,
+                               eval_shape=eval_shape, rect_pad=0.0)
     loader = build_dataloader(dataset, batch, workers, shuffle=False)
     evaluation = evaluate(backend, loader, names, dev, conf, iou, max_det, half=backend.fp16, collect_json=save_json)
     result = evaluation.result
     print(format_table(result, verbose=verbose), file=out)
-    print(format_speed(evaluation.speed, (batch, 3, imgsz, imgsz)), file=out)
+    print(format_speed(evaluation.speed, evaluation.input_shapes), file=out)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-    metrics = {**result.to_dict(), "speed": evaluation.speed, "save_dir": str(save_dir), "data": str(data), "split": split}
+    metrics = {**result.to_dict(), "speed": evaluation.speed, "imgsz": imgsz, "rect": rect,
+               "save_dir": str(save_dir), "data": str(data), "split": split}
     (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if save_json:
         (save_dir / "predictions.json").write_text(json.dumps(evaluation.predictions))
@@ -210,3 +242,14 @@ def validate_model(
         save_eval_plots(result, save_dir)
     print(f"Results saved to {save_dir}", file=out)
     return metrics
+
+
+def check_split_usable(index: Any, data: str | Path) -> None:
+    """Refuse to score (or train on) a split with no usable image: its mAP would be a meaningless -1."""
+    from efyolo.errors import EfyoloError
+
+    if len(index) == 0:
+        unreadable = f", {index.n_corrupt} unreadable" if index.n_corrupt else ""
+        raise EfyoloError(
+            f"{data}: split '{index.split}' has no usable image ({index.n_listed} listed{unreadable}; see the warnings)"
+        )
