@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from efyolo.engine.autoanchor import (
-    bpr_aat,
-    check_anchor_order,
-    check_anchors,
-    kmean_anchors,
-    kmeans,
-    label_wh_from_dataset,
-)
+from efyolo.training.autoanchor import bpr_aat, check_anchor_order, check_anchors, kmean_anchors, kmeans, label_wh_from_dataset
 
 COCO_PX = np.array(
     [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198],

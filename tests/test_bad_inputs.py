@@ -17,7 +17,7 @@ from PIL import Image
 import efyolo
 from efyolo.cli import main
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.checkpoint import save_checkpoint
+from efyolo.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import efyolo
 from efyolo.cli import main
 from efyolo.engine.benchmark import FormatRow, Report, ZooRow, benchmark_formats, format_report
-from efyolo.engine.checkpoint import save_checkpoint
+from efyolo.models.checkpoint import save_checkpoint
 
 pytest.importorskip("onnxruntime", reason='ONNX Runtime is in the [export] extra: pip install "efyolo[export]"')
 

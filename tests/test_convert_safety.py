@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from efyolo.cli import main
-from efyolo.data.coco import ConvertReport, coco_to_yolo, yolo_to_coco
+from efyolo.data.convert import ConvertReport, coco_to_yolo, yolo_to_coco
 from efyolo.data.config import load_data_config
-from efyolo.data.dataset import scan_split
+from efyolo.data.scan import scan_split
 from efyolo.errors import EfyoloError
 
 

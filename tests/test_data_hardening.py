@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efyolo.data import dataset as dataset_mod
+from efyolo.data import split as dataset_mod
 from efyolo.data.config import load_data_config
-from efyolo.data.dataset import scan_split
+from efyolo.data.scan import scan_split
 from efyolo.data.images import check_image, list_images
-from efyolo.data.loader import DetectionDataset
+from efyolo.data.dataset import DetectionDataset
 
 BOX = "0 0.5 0.5 0.5 0.5\n"
 NO_AUGMENT = {  # every augmentation off: a training sample is the letterboxed image

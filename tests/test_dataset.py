@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efyolo.data import dataset as dataset_mod
-from efyolo.data.coco import coco_to_yolo, image_id_from_path, yolo_to_coco
+from efyolo.data import split as dataset_mod
+from efyolo.data.convert import coco_to_yolo, yolo_to_coco
+from efyolo.data.coco_json import image_id_from_path
 from efyolo.data.config import load_data_config
-from efyolo.data.dataset import scan_split
+from efyolo.data.scan import scan_split
 from efyolo.data.labels import img2label_paths
 from efyolo.errors import EfyoloError
 

@@ -12,7 +12,7 @@ import torch
 
 import efyolo
 from efyolo.cli import main
-from efyolo.engine.checkpoint import save_checkpoint
+from efyolo.models.checkpoint import save_checkpoint
 from efyolo.engine.predictor import Detector
 
 NAMES = ["a", "b", "c"]

@@ -14,7 +14,7 @@ import pytest
 
 from efyolo.cli import main
 from efyolo.data.sources import Sources, _warn_if_truncated, read_image
-from efyolo.engine.plotting import class_color, default_line_width, draw_detections, label_font, label_size
+from efyolo.utils.plotting import class_color, default_line_width, draw_detections, label_font, label_size
 from efyolo.engine.results import Result, ResultWriter, output_image_ids, output_stems
 from efyolo.errors import EfyoloError
 from test_detect_cli import _checkpoint  # the tiny yolov5n checkpoint with a hand-set head

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from efyolo import EfyoloError, build_model
-from efyolo.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from efyolo.engine.ema import ModelEMA, ema_horizon
-from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
+from efyolo.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from efyolo.training.ema import ModelEMA, ema_horizon
+from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.ops.nms import non_max_suppression
 
 

@@ -12,8 +12,10 @@ import torch
 
 import efyolo
 from efyolo.cli import main
-from efyolo.engine.checkpoint import save_checkpoint
-from efyolo.engine.predictor import Detector, PyTorchBackend, load_backend
+from efyolo.models.checkpoint import save_checkpoint
+from efyolo.engine.predictor import Detector
+from efyolo.runtime.pytorch import PyTorchBackend
+from efyolo.runtime.autobackend import load_backend
 from efyolo.errors import EfyoloError
 from efyolo.export.exporter import NmsOptions, export_model, export_path
 
@@ -279,8 +281,8 @@ def square_map(backend, data: Path, imgsz: int, batch: int, shape: tuple[int, in
     """The evaluator's result for ``backend`` on square ``imgsz`` batches (or ``shape`` ones) of
     ``data``'s val split."""
     from efyolo.data.config import load_data_config
-    from efyolo.data.dataset import scan_split
-    from efyolo.data.loader import DetectionDataset, build_dataloader
+    from efyolo.data.scan import scan_split
+    from efyolo.data.dataset import DetectionDataset, build_dataloader
     from efyolo.engine.validator import evaluate
 
     cfg = load_data_config(data)
@@ -343,7 +345,7 @@ def test_torchscript_metadata_and_outputs(weights, reference) -> None:
 OPENVINO_CHILD = """
 import json, sys
 import numpy as np, torch
-from efyolo.engine.predictor import load_backend
+from efyolo.runtime.autobackend import load_backend
 folder, x = sys.argv[1], torch.from_numpy(np.load(sys.argv[2]))
 out = []
 for path in (folder, sys.argv[3]):

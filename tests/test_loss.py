@@ -9,13 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from efyolo.engine.loss import (
-    ComputeLoss,
-    bbox_ciou,
-    bce_with_logits,
-    scale_loss_gains,
-    smooth_bce_targets,
-)
+from efyolo.training.loss import ComputeLoss, bbox_ciou, bce_with_logits, scale_loss_gains, smooth_bce_targets
 from efyolo.errors import EfyoloError
 
 # COCO anchors in pixels, P3/8, P4/16, P5/32

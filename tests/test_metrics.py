@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from efyolo.engine.metrics import DetectionEvaluator, format_table
+from efyolo.evaluation.metrics import DetectionEvaluator, format_table
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

@@ -13,9 +13,11 @@ from PIL import Image
 from torch import nn
 
 import efyolo
-from efyolo.engine.checkpoint import save_checkpoint
-from efyolo.engine.plotting import class_color, crop_box, default_line_width, draw_detections
-from efyolo.engine.predictor import Backend, Detector, batch_shape, check_imgsz
+from efyolo.models.checkpoint import save_checkpoint
+from efyolo.utils.plotting import class_color, crop_box, default_line_width, draw_detections
+from efyolo.runtime.autobackend import Backend
+from efyolo.engine.predictor import Detector, batch_shape
+from efyolo.utils.checks import check_imgsz
 from efyolo.engine.results import Result
 from efyolo.errors import EfyoloError
 from efyolo.models import DetectionModel

@@ -15,7 +15,7 @@ import torch
 
 import efyolo
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.checkpoint import save_checkpoint
+from efyolo.models.checkpoint import save_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -11,8 +11,8 @@ import yaml
 
 from efyolo import EfyoloError
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.time_budget import TimeBudget
-from efyolo.engine.train_config import TrainConfig
+from efyolo.training.time_budget import TimeBudget
+from efyolo.training.config import TrainConfig
 from efyolo.engine.trainer import train
 
 TINY = dict(model="yolov5n", imgsz=64, batch=8, workers=0, patience=0, close_mosaic=1, cache=False)

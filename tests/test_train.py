@@ -18,7 +18,7 @@ import yaml
 from efyolo import EfyoloError
 from efyolo.cli import main
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.train_config import TrainConfig, load_hyp
+from efyolo.training.config import TrainConfig, load_hyp
 from efyolo.engine.trainer import RESULT_COLUMNS, train
 
 TINY = dict(model="yolov5n", imgsz=64, batch=8, workers=0, patience=0, close_mosaic=1, cache=False)
@@ -94,8 +94,8 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tiny_data: Path, tmp_path:
         textwrap.dedent(
             f"""
             import os, torch
-            from efyolo.engine.ema import unwrap
-            from efyolo.engine.train_config import TrainConfig
+            from efyolo.training.ema import unwrap
+            from efyolo.training.config import TrainConfig
             from efyolo.engine.trainer import Trainer
             cfg = TrainConfig(data={str(tiny_data)!r}, model="yolov5n", imgsz=64, batch=8, epochs=1,
                               workers=0, project={str(tmp_path / "runs")!r}, cache=False, device="cpu")

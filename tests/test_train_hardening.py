@@ -13,7 +13,7 @@ import yaml
 from efyolo import EfyoloError
 from efyolo.cli import main
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.checkpoint import non_finite_tensors
+from efyolo.models.checkpoint import non_finite_tensors
 from efyolo.engine.trainer import Trainer, train
 
 TINY = dict(model="yolov5n", imgsz=64, batch=8, workers=0, patience=0, close_mosaic=1, cache=False)
@@ -79,7 +79,7 @@ def test_lr0_of_own_hyp_wins_under_optimizer_auto(tiny_data, tmp_path, capsys) -
 
 
 def test_demo_lr0_yields_to_own_hyp() -> None:
-    from efyolo.engine.train_config import TrainConfig
+    from efyolo.training.config import TrainConfig
 
     assert TrainConfig.from_kwargs().lr0 == 0.003  # the demo's
     assert TrainConfig.from_kwargs(hyp={"lr0": 0.02}).lr0 is None  # the user's hyp decides

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from efyolo.cli import main
-from efyolo.engine.runs import increment_path
+from efyolo.utils.runs import increment_path
 
 
 def make_dataset(root: Path, n_images: int = 12, seed: int = 0) -> tuple[Path, list[dict]]:

@@ -11,7 +11,7 @@ import torch
 import efyolo
 from efyolo.cli import main
 from efyolo.data.synth import generate_dataset
-from efyolo.engine.checkpoint import save_checkpoint
+from efyolo.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

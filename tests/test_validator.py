@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from efyolo.data.config import load_data_config
-from efyolo.data.dataset import scan_split
-from efyolo.data.loader import DetectionDataset, build_dataloader
+from efyolo.data.scan import scan_split
+from efyolo.data.dataset import DetectionDataset, build_dataloader
 from efyolo.engine.validator import evaluate
 
 BOXES = [(8, 8, 40, 30), (30, 20, 60, 56)]  # pixel xyxy in a 64x64 image, both of class 0
@@ -60,7 +60,7 @@ def test_multi_label_is_the_default(tmp_path: Path) -> None:
 
 def test_efyolo_val_is_the_python_form_of_efyolo_val(tmp_path: Path) -> None:
     import efyolo
-    from efyolo.engine.checkpoint import save_checkpoint
+    from efyolo.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = efyolo.build_model("yolov5n", nc=2)

@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
         missing = [flag for flag, v in (("--json", args.json), ("--images", args.images)) if not v]
         if missing:
             raise EfyoloError(f"--from coco needs {' and '.join(missing)}")
-        from efyolo.data.coco import coco_to_yolo  # lazy: keep `efyolo --help` fast
+        from efyolo.data.convert import coco_to_yolo  # lazy: keep `efyolo --help` fast
 
         report = coco_to_yolo(args.json, args.images, args.out, split=args.split, copy_images=args.copy_images)
     else:
         if not args.data:
             raise EfyoloError("--from yolo needs --data DATA.yaml")
-        from efyolo.data.coco import yolo_to_coco
+        from efyolo.data.convert import yolo_to_coco
         from efyolo.data.config import load_data_config
 
         report = yolo_to_coco(load_data_config(args.data), args.split, args.out)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from efyolo.data.sources import Sources
     from efyolo.engine.predictor import Detector
     from efyolo.engine.results import ResultWriter, SpeedStats
-    from efyolo.engine.runs import increment_path
+    from efyolo.utils.runs import increment_path
 
     # sources and weights are checked before a run folder is numbered
     sources = Sources(args.source[0] if len(args.source) == 1 else args.source)

@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from efyolo.engine.profiler import ZOO, format_table, parse_imgsz, profile_model
-    from efyolo.engine.select_device import select_device
+    from efyolo.utils.devices import select_device
 
     names = [n for item in (args.model or ZOO) for n in item.split(",") if n]
     imgsz = parse_imgsz(args.imgsz)

@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         return _run_weights(args)
     from efyolo.data.config import load_data_config  # lazy: keep `efyolo --help` fast
-    from efyolo.data.dataset import scan_split
-    from efyolo.engine.coco_results import read_coco_results, score_predictions
-    from efyolo.engine.metrics import format_table
-    from efyolo.engine.runs import increment_path
+    from efyolo.data.scan import scan_split
+    from efyolo.evaluation.coco_results import read_coco_results, score_predictions
+    from efyolo.evaluation.metrics import format_table
+    from efyolo.utils.runs import increment_path
     from efyolo.engine.validator import check_split_usable
 
     out = sys.stderr if args.json else sys.stdout
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (save_dir / "metrics.json").write_text(json.dumps(payload, indent=1))
     if not args.no_plots:
-        from efyolo.engine.plots import save_eval_plots
+        from efyolo.utils.plotting import save_eval_plots
 
         save_eval_plots(result, save_dir)
     print(f"Results saved to {save_dir}", file=out)

@@ -11,7 +11,7 @@ A dataset YAML looks like::
 
 A split may also be a COCO instances JSON (``val: annotations/instances_val2017.json``); its images
 folder is the key ``<split>_images`` (e.g. ``val_images: val2017``) or, without it, found by
-convention (see :func:`efyolo.data.coco.coco_images_dir`). With only COCO splits, ``names`` may be
+convention (see :func:`efyolo.data.coco_json.coco_images_dir`). With only COCO splits, ``names`` may be
 left out: the categories of the first JSON, in ascending id order, give the class names.
 
 Every mistake (file missing, malformed YAML, missing key, a path that does not exist, names and nc
@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from efyolo.errors import EfyoloError
-from efyolo.yaml_io import read_yaml_mapping
+from efyolo.utils.yaml_io import read_yaml_mapping
 
 SPLITS = ("train", "val", "test")
 
@@ -141,7 +141,7 @@ def _parse_names(yaml_path: Path, raw: dict[str, Any], splits: dict[str, list[Pa
         coco = [s[0] for s in splits.values() if len(s) == 1 and s[0].suffix.lower() == ".json"]
         if not coco:
             raise EfyoloError(f"{yaml_path}: no 'names' key (a list of class names or an {{id: name}} mapping)")
-        from efyolo.data.coco import coco_class_names  # only COCO datasets pay for reading the JSON
+        from efyolo.data.coco_json import coco_class_names  # only COCO datasets pay for reading the JSON
 
         names = coco_class_names(coco[0])
     elif isinstance(names, dict):

@@ -1,314 +1,278 @@
-"""Scanning a dataset split into an index of images, sizes and checked labels, with a cache.
+"""The torch ``Dataset`` for training and validation, and its seeded ``DataLoader``.
 
-    cfg = load_data_config("data.yaml")
-    index = scan_split(cfg, "val")
-    print(index.summary())        # "val: 120 images, 3 backgrounds, 2 corrupt images skipped, ..."
-    for rec in index:             # ImageRecord(im_file, shape=(h, w), labels=[n, 5])
-        ...
+Training samples follow YOLOv5's pipeline (:func:`efyolo.data.augment.train_sample`: mosaic,
+mixup, random perspective, HSV, flips). Validation uses rectangular batches: images sorted by
+aspect ratio, each batch letterboxed to the smallest stride-multiple shape that holds it.
 
-:func:`scan_split` is the one entry point for both dataset formats (YOLO label files, or a COCO
-instances JSON, see :mod:`efyolo.data.coco`). Problems are logged as warnings on the ``efyolo``
-logger (the first ``max_warnings`` of them; all are kept in :attr:`SplitIndex.problems`) and
-summed up in one line; corrupt images (any that PIL or OpenCV cannot read) and bad label rows are
-skipped, never fatal. Symbolic link loops and files listed twice are reported and listed once
-(:func:`efyolo.data.images.find_images`); truncated JPEGs are reported and kept.
+Randomness is drawn from ``np.random.default_rng([seed, epoch, index])``, so a sample depends on
+the seed, the epoch and its index only, never on the worker that produced it: runs are
+reproducible and a resumed run sees the same data as an uninterrupted one.
 
-The scan is cached in a file next to the labels (``labels/val.cache`` for ``labels/val/``; next to
-the ``.txt`` list or the COCO JSON for those sources): a numpy ``.npz`` read without pickle. It
-is reused only when the hash of every image and label file's path, size and mtime (plus the
-number of classes and the cache format) matches; otherwise the split is rescanned and the cache
-rewritten. A folder that cannot be written simply gets no cache.
+A sample is ``(image, labels, path, shapes)``:
+  * ``image``: ``uint8 Tensor[3, H, W]`` RGB.
+  * ``labels``: ``float32 Tensor[n, 6]`` ``(0, class, xc, yc, w, h)`` normalised to ``H x W``; the
+    collate function writes the batch index into column 0.
+  * ``shapes``: ``((h0, w0), (gain, (pad_w, pad_h)))`` to map boxes back to the original image.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
-import tempfile
-import zipfile
+import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Mapping
 
+import cv2
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from efyolo.data.config import DataConfig
-from efyolo.data.images import find_images, inspect_image
-from efyolo.data.labels import TOLERANCE, img2label_paths, read_label_file
+from efyolo.data.augment import letterbox, letterbox_labels, resize_long_side, train_sample
+from efyolo.data.split import SplitIndex
+from efyolo.ops.boxes import xywhn2xyxy, xyxy2xywhn
 
 LOGGER = logging.getLogger("efyolo")
-# bump whenever the image or label checks change: a cache keeps the old results and messages.
-# 4: images OpenCV cannot decode are skipped, decoder exceptions skip the image, truncated JPEGs
-#    are reported, label files with a byte-order mark keep their first row.
-CACHE_VERSION = 4
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One usable image of a split.
-
-    Attributes:
-        im_file: absolute path of the image.
-        shape: ``(h, w)`` in pixels, EXIF orientation applied.
-        labels: ``[n, 5]`` float32 rows ``(cls, xc, yc, w, h)``, normalised to [0, 1].
-        crowd: ``[k, 5]`` the same for COCO ``iscrowd`` regions (COCO JSON splits only): not
-            objects to train on, but regions where evaluation ignores detections.
-    """
-
-    im_file: str
-    shape: tuple[int, int]
-    labels: np.ndarray
-    crowd: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
-
-
-@dataclass
-class SplitIndex:
-    """The usable images of a split and what the scan found wrong.
-
-    Attributes:
-        split: split name (``"val"``...).
-        names: class names.
-        images: the usable images, in listing order.
-        problems: every problem message (file and line, or file and annotation id).
-        n_listed: images listed by the sources.
-        n_corrupt: listed images skipped because they could not be read.
-        n_backgrounds: usable images without any label (missing or empty label file).
-        n_dropped: label rows refused.
-        n_crowd: COCO ``iscrowd`` regions, kept apart in :attr:`ImageRecord.crowd`.
-        cache_path: the cache file used or written (None when not writable).
-        from_cache: whether the index was read from the cache.
-    """
-
-    split: str
-    names: list[str]
-    images: list[ImageRecord]
-    problems: list[str] = field(default_factory=list)
-    n_listed: int = 0
-    n_corrupt: int = 0
-    n_backgrounds: int = 0
-    n_dropped: int = 0
-    n_crowd: int = 0
-    cache_path: Path | None = None
-    from_cache: bool = False
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> ImageRecord:
-        return self.images[i]
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return iter(self.images)
-
-    @property
-    def im_files(self) -> list[str]:
-        """Image paths."""
-        return [r.im_file for r in self.images]
-
-    @property
-    def shapes(self) -> np.ndarray:
-        """``[N, 2]`` int ``(h, w)``."""
-        return np.array([r.shape for r in self.images], dtype=np.int64).reshape(-1, 2)
-
-    @property
-    def labels(self) -> list[np.ndarray]:
-        """Per-image ``[n, 5]`` label arrays."""
-        return [r.labels for r in self.images]
-
-    @property
-    def n_instances(self) -> int:
-        """Number of labelled boxes."""
-        return sum(len(r.labels) for r in self.images)
-
-    def summary(self) -> str:
-        """One line, e.g. ``"val: 120 images, 3 backgrounds, 2 corrupt images skipped, 4 label rows
-        dropped (see warnings)"``."""
-        parts = [f"{len(self.images)} images", f"{self.n_instances} boxes", f"{self.n_backgrounds} backgrounds"]
-        if self.n_corrupt:
-            parts.append(f"{self.n_corrupt} corrupt images skipped")
-        if self.n_dropped:
-            parts.append(f"{self.n_dropped} label rows dropped")
-        if self.n_crowd:
-            parts.append(f"{self.n_crowd} crowd regions")
-        line = f"{self.split}: " + ", ".join(parts)
-        if self.problems:
-            line += f" ({len(self.problems)} problems, see warnings)"
-        return line + (" [cached]" if self.from_cache else "")
-
-
-def scan_split(
-    cfg: DataConfig,
-    split: str,
-    *,
-    cache: bool = True,
-    workers: int | None = None,
-    max_warnings: int = 20,
-) -> SplitIndex:
-    """List, check and index the images and labels of one split.
+def rect_batch_shapes(shapes_hw: np.ndarray, batch_size: int, imgsz: int, stride: int, pad: float = 0.5):
+    """YOLOv5's rectangular batches.
 
     Args:
-        cfg: the dataset config.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        cache: read/write the scan cache.
-        workers: threads for checking images (default: up to 8).
-        max_warnings: problems logged one by one; the rest are counted in one more line.
+        shapes_hw: ``[N, 2]`` original ``(h, w)``.
 
     Returns:
-        The :class:`SplitIndex`.
-
-    Raises:
-        EfyoloError: the split is not in the config, or holds no images.
+        ``(order, batch_shapes)``: the image order (sorted by aspect ratio h/w) and, per image in
+        that order, the ``(h, w)`` network input of its batch (multiples of ``stride``).
     """
-    if cfg.is_coco(split):
-        from efyolo.data.coco import scan_coco_split  # noqa: PLC0415 - keeps the formats apart
+    ar = shapes_hw[:, 0] / shapes_hw[:, 1]
+    order = np.argsort(ar, kind="stable")
+    ar = ar[order]
+    n = len(order)
+    batch_index = np.arange(n) // batch_size
+    shapes = np.ones((batch_index[-1] + 1 if n else 0, 2))
+    for b in range(len(shapes)):
+        ari = ar[batch_index == b]
+        lo, hi = ari.min(), ari.max()
+        if hi < 1:
+            shapes[b] = [hi, 1]
+        elif lo > 1:
+            shapes[b] = [1, 1 / lo]
+    batch_shapes = np.ceil(shapes * imgsz / stride + pad).astype(int) * stride
+    return order, batch_shapes[batch_index]
 
-        index = scan_coco_split(cfg, split, cache=cache, workers=workers)
-    else:
-        index = _scan_yolo_split(cfg, split, cache=cache, workers=workers)
-    log_problems(index.problems, max_warnings)
-    return index
 
+class DetectionDataset(Dataset):
+    """Images and labels of a scanned split, augmented for training or letterboxed for validation.
 
-def log_problems(problems: Sequence[str], max_warnings: int = 20) -> None:
-    """Log the first ``max_warnings`` problems as warnings, then one line counting the rest."""
-    for msg in problems[:max_warnings]:
-        LOGGER.warning(msg)
-    if len(problems) > max_warnings:
-        LOGGER.warning("... and %d more problems", len(problems) - max_warnings)
-
-
-def _scan_yolo_split(cfg: DataConfig, split: str, *, cache: bool, workers: int | None) -> SplitIndex:
-    """List, then check (or read from the cache) a split of YOLO label files.
-
-    The listing problems (symbolic link loops, files listed twice) come first in
-    :attr:`SplitIndex.problems`; they are not cached but found again by every listing, since the
-    cache is keyed by the files listed, which a new loop does not change.
+    Args:
+        index: the scanned split (:func:`efyolo.data.scan.scan_split`).
+        imgsz: training size / long side of validation inputs.
+        augment: apply YOLOv5's training augmentations.
+        hyp: augmentation hyperparameters (YOLOv5 keys).
+        rect: rectangular (aspect-ratio sorted) batches; used for validation.
+        batch_size: only used with ``rect``.
+        stride: the model's maximum stride.
+        seed: base seed of the per-sample generators.
+        cache_images: decode and resize every image once, up front, into RAM.
+        eval_shape: ``(h, w)`` every validation input is letterboxed to (an exported model with a
+            fixed, possibly non-square input); default ``(imgsz, imgsz)``. Without ``rect`` only.
+        rect_pad: extra padding of rectangular batches in strides (YOLOv5's 0.5; ``efyolo val --rect``
+            uses 0, so that square images get exactly ``imgsz``). With ``rect`` only.
     """
-    sources = cfg.split_sources(split)
-    im_files, listing = find_images(sources, f"{cfg.yaml_path}: '{split}'")
-    label_files = img2label_paths(im_files)
-    digest = files_hash(im_files + label_files, extra=f"yolo nc={cfg.nc} tol={TOLERANCE}")
-    cache_path = _cache_path(sources, label_files, split)
-    index = load_cache(cache_path, digest, split, cfg.names) if cache else None
-    if index is None:
-        index = _scan_yolo(im_files, label_files, split, cfg.names, workers)
-        if cache:
-            index.cache_path = cache_path if save_cache(cache_path, digest, index) else None
-    index.problems[:0] = listing
-    return index
+
+    def __init__(
+        self,
+        index: SplitIndex,
+        imgsz: int = 640,
+        augment: bool = False,
+        hyp: Mapping[str, float] | None = None,
+        rect: bool = False,
+        batch_size: int = 16,
+        stride: int = 32,
+        seed: int = 0,
+        cache_images: bool = False,
+        eval_shape: tuple[int, int] | None = None,
+        rect_pad: float = 0.5,
+    ) -> None:
+        self.index = index
+        self.eval_shape = tuple(eval_shape) if eval_shape is not None else (imgsz, imgsz)
+        self.records = list(index.images)
+        self.imgsz, self.augment, self.hyp = imgsz, augment, dict(hyp or {})
+        self.rect, self.stride, self.seed = rect, stride, seed
+        self.epoch = 0
+        self.mosaic = augment and not rect and self.hyp.get("mosaic", 0) > 0
+        self.bad_files: set[str] = set()
+        self.batch_shapes = None
+        if rect:
+            order, self.batch_shapes = rect_batch_shapes(index.shapes, batch_size, imgsz, stride, rect_pad)
+            self.records = [self.records[i] for i in order]
+        self._cache: list[tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None] = [None] * len(self.records)
+        if cache_images:
+            self.cache_images()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next epoch's augmentation (call before creating the epoch's iterator)."""
+        self.epoch = epoch
+
+    def close_mosaic(self) -> None:
+        """Stop using mosaic (YOLOv5's ``close_mosaic`` for the last epochs)."""
+        self.mosaic = False
+
+    # ---- loading ------------------------------------------------------------------------------
+    def cache_images(self, threads: int = 4) -> None:
+        def one(i: int) -> None:
+            self._cache[i] = self._read_resized(i)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(len(self.records))))
+        nbytes = sum(c[0].nbytes for c in self._cache if c is not None)
+        LOGGER.info(f"cached {len(self.records)} images ({nbytes / 2**20:.0f} MiB)")
+
+    def _read_resized(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None:
+        path = self.records[i].im_file
+        img = cv2.imread(path)  # BGR, EXIF orientation applied by OpenCV
+        if img is None:
+            return None
+        return resize_long_side(img, self.imgsz, self.augment)
+
+    def load_image(self, i: int) -> tuple[int, np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Record ``j`` (``i``, or its substitute) and its image resized so that its long side is
+        ``imgsz``, with original and new ``(h, w)``: ``(j, img, (h0, w0), (h, w))``.
+
+        An image that became unreadable after the scan is replaced by the next readable record,
+        counted in :attr:`bad_files` and logged once; training never stops for it. The caller
+        must take labels, path and shape from record ``j``, never from ``i``: the image of one
+        record with the labels of another would be trained on and scored as a wrong pair.
+        """
+        n = len(self.records)
+        unreadable = []
+        for step in range(n):
+            j = (i + step) % n
+            loaded = self._cache[j] or self._read_resized(j)
+            if loaded is not None:
+                self._warn_unreadable(unreadable, self.records[j].im_file)
+                return (j, *loaded)
+            unreadable.append(self.records[j].im_file)
+        raise RuntimeError("no readable image left in the dataset")
+
+    def _warn_unreadable(self, paths: list[str], substitute: str) -> None:
+        """Count ``paths`` in :attr:`bad_files` and log each one the first time it is found."""
+        for path in paths:
+            if path not in self.bad_files:
+                self.bad_files.add(path)
+                LOGGER.warning(
+                    f"{path}: image unreadable since the scan, replaced by {substitute} with its own "
+                    f"labels ({len(self.bad_files)} unreadable so far)"
+                )
+
+    def _pixel_labels(self, i: int, h: int, w: int) -> np.ndarray:
+        labels = self.records[i].labels
+        out = np.zeros((len(labels), 5), dtype=np.float32)
+        if len(labels):
+            out[:, 0] = labels[:, 0]
+            out[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h)
+        return out
+
+    def _load_for_mosaic(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(j, img, labels)``: the record loaded for ``i`` (see :meth:`load_image`), its resized
+        image and its pixel ``xyxy`` labels in that image."""
+        j, img, _, (h, w) = self.load_image(i)
+        return j, img, self._pixel_labels(j, h, w)
+
+    # ---- samples ------------------------------------------------------------------------------
+    def __getitem__(self, i: int):
+        """Sample ``i``; the path returned is that of the record whose image and labels were used
+        (a substitute when image ``i`` became unreadable, see :meth:`load_image`), so that the
+        validator, which looks ground truth up by path, scores the pair that was predicted on."""
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            hyp = self.hyp if self.mosaic else {**self.hyp, "mosaic": 0.0}
+            used: dict[int, int] = {}  # dataset index -> record loaded for it
+
+            def load(k: int) -> tuple[np.ndarray, np.ndarray]:
+                j, img, labels = self._load_for_mosaic(k)
+                used.setdefault(k, j)
+                return img, labels
+
+            img, labels = train_sample(i, len(self), load, self.imgsz, rng, hyp)
+            record = self.records[used.get(i, i)]
+            shapes = (record.shape, (1.0, (0.0, 0.0)))
+        else:
+            j, img, (h0, w0), (h, w) = self.load_image(i)
+            record = self.records[j]
+            # the batch's shape (rect batches), not the substitute's: a batch is one tensor
+            shape = tuple(self.batch_shapes[i]) if self.batch_shapes is not None else self.eval_shape
+            img, gain, pad = letterbox(img, shape, auto=False, scaleup=False)
+            labels = letterbox_labels(self._pixel_labels(j, h, w), gain, pad)
+            # network-input boxes -> original pixels: undo letterbox, then the resize to (h, w)
+            shapes = ((h0, w0), (gain * h / h0, pad))
+        return self._to_tensors(img, labels, record.im_file, shapes)
+
+    @staticmethod
+    def _to_tensors(img: np.ndarray, labels: np.ndarray, path: str, shapes: Any):
+        h, w = img.shape[:2]
+        out = torch.zeros((len(labels), 6))
+        if len(labels):
+            out[:, 1] = torch.from_numpy(labels[:, 0])
+            out[:, 2:] = torch.from_numpy(xyxy2xywhn(labels[:, 1:5], w, h, clip=True))
+        chw = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        return torch.from_numpy(chw), out, path, shapes
+
+    @staticmethod
+    def collate(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple]:
+        imgs, labels, paths, shapes = zip(*batch)
+        for k, lb in enumerate(labels):
+            lb[:, 0] = k  # image index within the batch, for build_targets
+        return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
 
 
-def _scan_yolo(
-    im_files: list[str], label_files: list[str], split: str, names: list[str], workers: int | None
-) -> SplitIndex:
-    """Check every image and read its label file (in threads); an unusable image is skipped with
-    its labels and counted as corrupt, a damaged but usable one (a truncated JPEG) reported."""
-    nc = len(names)
-
-    def one(i: int) -> tuple:
-        check = inspect_image(im_files[i])
-        if check.shape is None:
-            return None, f"{im_files[i]}: {check.reason}, skipped", None, None
-        warning = f"{im_files[i]}: {check.warning}" if check.warning else None
-        return check.shape, None, warning, read_label_file(label_files[i], nc)
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(one, range(len(im_files))))
-    index = SplitIndex(split, list(names), [], n_listed=len(im_files))
-    for im_file, (shape, corrupt, warning, lab) in zip(im_files, results):
-        if corrupt:
-            index.problems.append(corrupt)
-            index.n_corrupt += 1
-            continue
-        if warning:
-            index.problems.append(warning)
-        index.problems.extend(lab.problems)
-        index.n_dropped += lab.dropped
-        index.n_backgrounds += len(lab.labels) == 0
-        index.images.append(ImageRecord(im_file, shape, lab.labels))
-    return index
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    cv2.setNumThreads(0)  # one OpenCV thread per worker: the workers are the parallelism
 
 
-def files_hash(paths: Sequence[str], extra: str = "") -> str:
-    """SHA-256 of every path with its size and mtime (``-`` for a missing file), plus ``extra``."""
-    h = hashlib.sha256(f"v{CACHE_VERSION} {extra}\n".encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\t-\n".encode())
-    return h.hexdigest()
+def build_dataloader(
+    dataset: DetectionDataset,
+    batch_size: int,
+    workers: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    rank: int = -1,
+    world_size: int = 1,
+) -> DataLoader:
+    """A seeded DataLoader; a ``DistributedSampler`` when ``rank >= 0``.
+
+    Workers are not persistent so that :meth:`DetectionDataset.set_epoch` and
+    :meth:`DetectionDataset.close_mosaic` reach them at the next epoch.
+    """
+    sampler = None
+    if rank >= 0:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        num_workers=workers,
+        sampler=sampler,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=DetectionDataset.collate,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        drop_last=False,
+    )
 
 
-def _cache_path(sources: Sequence[Path], label_files: Sequence[str], split: str) -> Path:
-    """``labels/<folder>.cache`` for a single folder source (YOLOv5's place), next to the list
-    file for a ``.txt`` source, ``<labels parent>/<split>.cache`` for several sources."""
-    if len(sources) == 1 and sources[0].is_file():
-        return sources[0].with_suffix(".cache")
-    if len(sources) == 1:  # images/val -> labels/val.cache
-        return Path(img2label_paths([str(sources[0] / "x.jpg")])[0]).parent.with_suffix(".cache")
-    return Path(label_files[0]).parent.parent / f"{split}.cache"
+def label_wh_pixels(dataset: DetectionDataset) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(shapes [N, 2] as (w, h), labels)`` for AutoAnchor."""
+    shapes = np.array([(w, h) for h, w in (r.shape for r in dataset.records)], dtype=np.float64).reshape(-1, 2)
+    return shapes, [r.labels for r in dataset.records]
 
 
-def save_cache(path: Path, digest: str, index: SplitIndex) -> bool:
-    """Write ``index`` to ``path`` (atomically); False when the folder is not writable."""
-    counts = np.array([len(r.labels) for r in index.images], dtype=np.int64)
-    crowd_counts = np.array([len(r.crowd) for r in index.images], dtype=np.int64)
-    arrays = {
-        "version": np.array(CACHE_VERSION),
-        "hash": np.array(digest),
-        "im_files": np.array([r.im_file for r in index.images], dtype=str),
-        "shapes": index.shapes,
-        "counts": counts,
-        "labels": _concat_rows([r.labels for r in index.images]),
-        "crowd_counts": crowd_counts,
-        "crowd": _concat_rows([r.crowd for r in index.images]),
-        "problems": np.array(index.problems, dtype=str),
-        "stats": np.array([index.n_listed, index.n_corrupt, index.n_backgrounds, index.n_dropped, index.n_crowd]),
-    }
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as err:
-        LOGGER.debug("scan cache not written to %s: %s", path, err)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return False
-    return True
-
-
-def load_cache(path: Path, digest: str, split: str, names: list[str]) -> SplitIndex | None:
-    """The cached index when ``path`` holds one for ``digest``; None otherwise (or unreadable)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != CACHE_VERSION or str(z["hash"]) != digest:
-                return None
-            im_files, shapes, counts = z["im_files"].tolist(), z["shapes"], z["counts"]
-            labels = _split_rows(z["labels"], counts)
-            crowds = _split_rows(z["crowd"], z["crowd_counts"])
-            problems = z["problems"].tolist()
-            listed, corrupt, backgrounds, dropped, crowd = (int(v) for v in z["stats"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        if not isinstance(err, FileNotFoundError):
-            LOGGER.debug("scan cache %s unusable (%s), rescanning", path, err)
-        return None
-    images = [
-        ImageRecord(f, (int(s[0]), int(s[1])), lab, cr) for f, s, lab, cr in zip(im_files, shapes, labels, crowds)
-    ]
-    return SplitIndex(split, list(names), images, problems, listed, corrupt, backgrounds, dropped, crowd, path, True)
-
-
-def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 5), np.float32)
-
-
-def _split_rows(rows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
-    return np.split(rows, np.cumsum(counts)[:-1]) if len(counts) else []
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

@@ -172,8 +172,9 @@ def benchmark_formats(
         A :class:`Report` of :class:`FormatRow`; a format that cannot run here (missing package,
         CoreML off macOS) keeps its row with the reason in ``status``.
     """
-    from efyolo.engine.predictor import check_imgsz, load_backend
-    from efyolo.engine.select_device import select_device
+    from efyolo.utils.checks import check_imgsz
+    from efyolo.runtime.autobackend import load_backend
+    from efyolo.utils.devices import select_device
     from efyolo.export.exporter import check_format, export_model
 
     _check_runs(runs, warmup)
@@ -230,7 +231,7 @@ def benchmark_models(
     Models are built untrained (80 classes), fused, and exported to a temporary ONNX file at a
     fixed size (EfficientFormer's attention bias becomes a constant).
     """
-    from efyolo.engine.predictor import PyTorchBackend
+    from efyolo.runtime.pytorch import PyTorchBackend
     from efyolo.engine.profiler import count_gflops, parse_imgsz
     from efyolo.export.exporter import prepare_model
     from efyolo.models import build_model
@@ -256,7 +257,7 @@ def benchmark_models(
 
 
 def _onnx_latency(model: torch.nn.Module, size: tuple[int, int], runs: int, warmup: int, threads: int) -> float:
-    from efyolo.export.backends import OnnxRuntimeBackend
+    from efyolo.runtime.exported import OnnxRuntimeBackend
     from efyolo.export.exporter import export_module
 
     with tempfile.TemporaryDirectory(prefix="efyolo-zoo-") as tmp:

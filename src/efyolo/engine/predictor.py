@@ -17,16 +17,15 @@ they are exact in either case.
 Backends: anything satisfying :class:`Backend` (a callable from a float batch to raw
 predictions, plus ``names``, ``stride``, ``fp16``, ``device``). :func:`load_backend` picks one
 from the weights file suffix: PyTorch checkpoints (``.pt``) here, exported models (``.onnx``,
-``.torchscript``, ``*_openvino_model/``) through :func:`efyolo.export.backends.find_backend`.
+``.torchscript``, ``*_openvino_model/``) through :func:`efyolo.runtime.exported.find_backend`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from copy import deepcopy
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,14 +34,14 @@ from torch import nn
 
 from efyolo.data.augment import PAD_COLOR, letterbox
 from efyolo.data.sources import Frame, Sources
-from efyolo.engine.checks import check_imgsz, check_inference_options
+from efyolo.utils.checks import DEFAULT_IMGSZ, check_imgsz, check_inference_options
 from efyolo.engine.results import Result
-from efyolo.engine.select_device import select_device
-from efyolo.errors import EfyoloError
+from efyolo.utils.devices import select_device
 from efyolo.ops.boxes import scale_boxes
 from efyolo.ops.nms import non_max_suppression
+from efyolo.runtime.autobackend import Backend, load_backend
+from efyolo.runtime.pytorch import PyTorchBackend
 
-DEFAULT_IMGSZ = 640
 # Test-time augmentation as in YOLOv5's DetectionModel._forward_augment: (scale, flip left-right).
 TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))
 
@@ -52,100 +51,6 @@ RatioPad = tuple[float, tuple[float, float]]  # (gain, (pad_w, pad_h)) from lett
 # --------------------------------------------------------------------------------------------
 # Backends
 # --------------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What the :class:`Detector` needs from a model runtime.
-
-    Attributes:
-        names: class names.
-        stride: the largest stride; input sides must be multiples of it.
-        fp16: whether the model runs in half precision.
-        device: where input batches must live.
-    """
-
-    names: list[str]
-    stride: int
-    fp16: bool
-    device: torch.device
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """``float32 [B, 3, H, W]`` RGB in ``[0, 1]`` on :attr:`device` -> ``[B, N, 5 + nc]`` predictions."""
-        ...
-
-
-class PyTorchBackend:
-    """A :class:`~efyolo.models.DetectionModel` in eval mode, Conv+BN fused, optionally fp16 (CUDA only).
-
-    Args:
-        model: the model; deep-copied before fusing unless ``copy=False`` (then it is changed in place).
-        device: where to run it.
-        half: run in float16; needs a CUDA device.
-        fuse: fold BatchNorm into the convolutions.
-        imgsz: the image size the model was trained at, if known (the detector's default).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        half: bool = False,
-        fuse: bool = True,
-        imgsz: int | Sequence[int] | None = None,
-        copy: bool = True,
-    ) -> None:
-        if half and device.type != "cuda":
-            raise EfyoloError(f"--half needs a CUDA device (got {device}); run in float32 on CPU")
-        from efyolo.export.exporter import prepare_model
-
-        model = prepare_model(deepcopy(model) if copy else model, device, half=half, fuse=fuse)
-        self.model = model
-        self.names = [str(n) for n in model.names]
-        self.stride = int(model.max_stride)
-        self.fp16 = half
-        self.device = device
-        self.imgsz = imgsz
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device, half: bool = False, fuse: bool = True):
-        """Load an efyolo ``.pt`` checkpoint (validated, no pickled code) into a backend."""
-        from efyolo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(path, map_location="cpu")
-        model = model_from_checkpoint(ckpt, source=path)  # carries the checkpoint's class names
-        return cls(model, device, half=half, fuse=fuse, imgsz=ckpt.get("imgsz"), copy=False)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.half() if self.fp16 else batch.float()
-        return self.model(x).float()
-
-
-# weights suffix -> factory(path, device, half, fuse); exported formats live in efyolo.export.backends
-BACKENDS: dict[str, Callable[..., Backend]] = {".pt": PyTorchBackend.from_checkpoint}
-
-
-def load_backend(weights: str | Path, device: torch.device, half: bool = False, fuse: bool = True) -> Backend:
-    """Pick and build the backend for a weights file by its suffix.
-
-    Raises:
-        EfyoloError: the file does not exist, its format is not supported, or it is not a valid
-            efyolo file of that format.
-    """
-    path = Path(weights)
-    if not path.exists():
-        raise EfyoloError(f"weights file {path} does not exist")
-    factory = BACKENDS.get(path.suffix.lower())
-    if factory is None:
-        from efyolo.export.backends import find_backend, supported_suffixes  # ONNX, TorchScript, OpenVINO
-
-        factory = find_backend(path)
-        if factory is None:
-            supported = sorted(BACKENDS) + supported_suffixes()
-            raise EfyoloError(
-                f"weights {path}: unsupported weights format '{path.suffix}' (supported: {', '.join(supported)})"
-            )
-    return factory(path, device, half=half, fuse=fuse)
 
 
 # --------------------------------------------------------------------------------------------

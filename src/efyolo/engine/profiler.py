@@ -44,8 +44,8 @@ class Profile:
 
 
 def parse_imgsz(imgsz: int | Sequence[int], stride: int = 32) -> tuple[int, int]:
-    """``640`` or ``(h, w)`` -> ``(h, w)``: :func:`efyolo.engine.checks.check_imgsz` (one check for all commands)."""
-    from efyolo.engine.checks import check_imgsz
+    """``640`` or ``(h, w)`` -> ``(h, w)``: :func:`efyolo.utils.checks.check_imgsz` (one check for all commands)."""
+    from efyolo.utils.checks import check_imgsz
 
     return check_imgsz(imgsz, stride)
 

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from efyolo.data.coco import image_id_from_path
+from efyolo.data.coco_json import image_id_from_path
 from efyolo.data.sources import VIDEO_SUFFIXES
-from efyolo.engine.plotting import crop_box, draw_detections
+from efyolo.utils.plotting import crop_box, draw_detections
 from efyolo.errors import EfyoloError
 from efyolo.ops.boxes import xyxy2ltwh, xyxy2xywh, xyxy2xywhn
 
@@ -131,7 +131,7 @@ class Result:
 
         Args:
             image_id: defaults to the file stem, as an int when numeric (as the evaluator's
-                :func:`efyolo.data.coco.image_id_from_path`); video frames use :attr:`stem`.
+                :func:`efyolo.data.coco_json.image_id_from_path`); video frames use :attr:`stem`.
                 ``category_id`` is the class index.
         """
         if image_id is None:
@@ -259,7 +259,7 @@ def output_stems(paths: Sequence[str | Path]) -> list[str]:
 def output_image_ids(paths: Sequence[str | Path], stems: Sequence[str]) -> list[int | str]:
     """The ``predictions.json`` ``image_id`` of each still image (video frames use ``<stem>_<n>``).
 
-    An image keeps the evaluator's id (:func:`efyolo.data.coco.image_id_from_path`: the stem, an
+    An image keeps the evaluator's id (:func:`efyolo.data.coco_json.image_id_from_path`: the stem, an
     int when numeric, which is what COCO-style ground truth uses) when no other image has that id;
     otherwise ids would merge different images, so the output name from :func:`output_stems` is
     used (``"a/000000"``). ``"7"`` and ``"07"`` count as the same id, as both become ``7``.

@@ -25,15 +25,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from efyolo.engine import distributed as ddp
-from efyolo.engine.checkpoint import check_resumable, load_checkpoint, non_finite_tensors, save_checkpoint
-from efyolo.engine.ema import ModelEMA, ema_horizon, unwrap
-from efyolo.engine.optim import build_optimizer, lr_lambda, set_learning_rates
-from efyolo.engine.select_device import select_device
-from efyolo.engine.time_budget import TimeBudget
-from efyolo.engine.train_config import TrainConfig, load_hyp, read_hyp_overrides
+from efyolo.training import distributed as ddp
+from efyolo.models.checkpoint import check_resumable, load_checkpoint, non_finite_tensors, save_checkpoint
+from efyolo.training.ema import ModelEMA, ema_horizon, unwrap
+from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
+from efyolo.utils.devices import select_device
+from efyolo.training.time_budget import TimeBudget
+from efyolo.training.config import TrainConfig, load_hyp, read_hyp_overrides
 from efyolo.errors import EfyoloError
-from efyolo.files import remove_stale_temps
+from efyolo.utils.files import remove_stale_temps
 
 LOGGER = logging.getLogger("efyolo")
 RESULT_COLUMNS = (
@@ -143,7 +143,7 @@ class Trainer:
         return select_device(self.cfg.device)
 
     def _save_dir(self) -> Path:
-        from efyolo.engine.runs import increment_path
+        from efyolo.utils.runs import increment_path
 
         if self.resume_ckpt is not None:
             return self.resume_path.parent.parent
@@ -190,7 +190,7 @@ class Trainer:
     def _load_data(self) -> None:
         """Read the dataset YAML and scan both splits; an unusable split is an error here."""
         from efyolo.data.config import load_data_config
-        from efyolo.data.dataset import scan_split
+        from efyolo.data.scan import scan_split
         from efyolo.engine.validator import check_split_usable
 
         cfg = self.cfg
@@ -222,7 +222,7 @@ class Trainer:
         Validation letterboxes every image into ``imgsz x imgsz``: the geometry of ``efyolo val``
         and of a fixed-shape export, so the mAP printed here is the one those give.
         """
-        from efyolo.data.loader import DetectionDataset, build_dataloader
+        from efyolo.data.dataset import DetectionDataset, build_dataloader
 
         cfg, world = self.cfg, self.dist.world_size
         cache = cfg.cache if cfg.cache is not None else len(self.train_index) * cfg.imgsz**2 * 3 < 2 * 2**30
@@ -240,8 +240,8 @@ class Trainer:
             self.val_loader = build_dataloader(val_set, self.batch_per_rank * 2, cfg.workers, shuffle=False)
 
     def _setup_model(self) -> None:
-        from efyolo.engine.autoanchor import check_anchors, label_wh_from_dataset
-        from efyolo.engine.loss import ComputeLoss, scale_loss_gains
+        from efyolo.training.autoanchor import check_anchors, label_wh_from_dataset
+        from efyolo.training.loss import ComputeLoss, scale_loss_gains
         from efyolo.engine.profiler import parse_imgsz
         from efyolo.models import DetectionModel, build_model
         from efyolo.models.backbone import load_backbone_weights
@@ -403,7 +403,7 @@ class Trainer:
     def _write_run_files(self) -> None:
         import yaml
 
-        from efyolo.engine.train_plots import plot_labels
+        from efyolo.utils.plotting import plot_labels
 
         args = self.cfg.to_dict()
         (self.save_dir / "args.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
@@ -693,10 +693,10 @@ class Trainer:
 
     def final_validation(self) -> dict[str, Any]:
         """Score ``best.pt`` once more with plots and the per-class table; returns its metrics."""
-        from efyolo.engine.checkpoint import model_from_checkpoint
-        from efyolo.engine.metrics import format_table
-        from efyolo.engine.plots import save_eval_plots
-        from efyolo.engine.train_plots import plot_results
+        from efyolo.models.checkpoint import model_from_checkpoint
+        from efyolo.evaluation.metrics import format_table
+        from efyolo.utils.plotting import save_eval_plots
+        from efyolo.utils.plotting import plot_results
         from efyolo.engine.validator import evaluate, format_speed
 
         plot_results(self.save_dir / "results.csv", self.save_dir / "results.png")

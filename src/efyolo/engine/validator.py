@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from efyolo.data.coco import image_id_from_path
-from efyolo.engine.metrics import DetectionEvaluator, EvalResult
+from efyolo.data.coco_json import image_id_from_path
+from efyolo.evaluation.metrics import DetectionEvaluator, EvalResult
 from efyolo.ops.boxes import scale_boxes, xywhn2xyxy, xyxy2ltwh
 from efyolo.ops.nms import non_max_suppression
 
@@ -66,7 +66,7 @@ def evaluate(
     Args:
         model: an ``nn.Module`` in eval mode (``DetectionModel``) or any callable mapping a
             ``float [B, 3, H, W]`` batch in 0..1 to decoded predictions ``[B, N, 5 + nc]``.
-        dataloader: over a :class:`efyolo.data.loader.DetectionDataset` without augmentation.
+        dataloader: over a :class:`efyolo.data.dataset.DetectionDataset` without augmentation.
         names: class names.
         loss_fn: ``(raw_outputs, targets) -> (loss, items)``; needs ``model.forward_train_and_eval``.
         collect_json: also return COCO-results dicts.
@@ -183,13 +183,14 @@ def validate_model(
     import sys
 
     from efyolo.data.config import load_data_config
-    from efyolo.data.dataset import scan_split
-    from efyolo.data.loader import DetectionDataset, build_dataloader
-    from efyolo.engine.checks import check_imgsz, check_inference_options
-    from efyolo.engine.metrics import format_table
-    from efyolo.engine.predictor import DEFAULT_IMGSZ, PyTorchBackend, load_backend
-    from efyolo.engine.runs import increment_path
-    from efyolo.engine.select_device import select_device
+    from efyolo.data.scan import scan_split
+    from efyolo.data.dataset import DetectionDataset, build_dataloader
+    from efyolo.utils.checks import DEFAULT_IMGSZ, check_imgsz, check_inference_options
+    from efyolo.evaluation.metrics import format_table
+    from efyolo.runtime.pytorch import PyTorchBackend
+    from efyolo.runtime.autobackend import load_backend
+    from efyolo.utils.runs import increment_path
+    from efyolo.utils.devices import select_device
     from efyolo.errors import EfyoloError
 
     out = log or sys.stdout
@@ -237,7 +238,7 @@ def validate_model(
     if save_json:
         (save_dir / "predictions.json").write_text(json.dumps(evaluation.predictions))
     if plots:
-        from efyolo.engine.plots import save_eval_plots
+        from efyolo.utils.plotting import save_eval_plots
 
         save_eval_plots(result, save_dir)
     print(f"Results saved to {save_dir}", file=out)

@@ -10,7 +10,7 @@ Modules: :mod:`~efyolo.export.exporter` (checks the arguments, prepares the mode
 one module per format (:mod:`~efyolo.export.onnx`, :mod:`~efyolo.export.torchscript`,
 :mod:`~efyolo.export.openvino`, :mod:`~efyolo.export.coreml`), :mod:`~efyolo.export.metadata`
 (what every exported file carries), :mod:`~efyolo.export.nms_graph` (NMS inside the graph) and
-:mod:`~efyolo.export.backends` (ONNX Runtime, OpenVINO and TorchScript runtimes).
+:mod:`~efyolo.runtime.exported` (ONNX Runtime, OpenVINO and TorchScript runtimes).
 """
 
 from typing import Any

@@ -28,7 +28,6 @@ FORMATS: dict[str, str] = {
     "coreml": ".mlpackage",
 }
 CUDA_HALF_FORMATS = ("onnx", "torchscript")  # float16 tracing needs CUDA; OpenVINO/CoreML compress on CPU
-DEFAULT_IMGSZ = 640
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def check_options(
 
 def prepare_model(model: nn.Module, device: torch.device, half: bool = False, fuse: bool = True) -> nn.Module:
     """Eval mode, fused (if ``fuse``), gradients off, on ``device`` (float16 if ``half``), in place.
-    The one preparation for inference: exports and :class:`efyolo.engine.predictor.PyTorchBackend`."""
+    The one preparation for inference: exports and :class:`efyolo.runtime.pytorch.PyTorchBackend`."""
     model = model.eval()
     if fuse and hasattr(model, "fuse"):
         model.fuse()
@@ -203,9 +202,9 @@ def export_model(
         EfyoloError: bad weights, unknown format, size not a multiple of the stride, an option
             the format cannot do, or a missing optional package.
     """
-    from efyolo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from efyolo.engine.predictor import check_imgsz
-    from efyolo.engine.select_device import select_device
+    from efyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from efyolo.utils.checks import DEFAULT_IMGSZ, check_imgsz
+    from efyolo.utils.devices import select_device
 
     fmt = check_format(format)
     dev = select_device(device)

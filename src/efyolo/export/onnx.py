@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from efyolo.errors import EfyoloError
-from efyolo.files import temp_file_beside
+from efyolo.utils.files import temp_file_beside
 from efyolo.export.metadata import encode
 from efyolo.export.nms_graph import EndToEnd
 from efyolo.export.requires import require

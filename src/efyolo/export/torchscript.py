@@ -13,7 +13,7 @@ from torch import nn
 
 from efyolo.export.nms_graph import EndToEnd
 from efyolo.export.onnx import quiet_tracing
-from efyolo.files import temp_file_beside
+from efyolo.utils.files import temp_file_beside
 
 EXTRA_FILE = "efyolo.json"  # name of the metadata entry inside the TorchScript archive
 
@@ -28,7 +28,7 @@ def export_torchscript(
     """Trace ``model`` (fused, eval mode) on ``example`` and save it with the metadata.
 
     Shapes read in the forward are recorded as size operations, so the traced graph also runs at
-    other batch sizes and image sizes; :mod:`efyolo.export.backends` enforces the traced shape
+    other batch sizes and image sizes; :mod:`efyolo.runtime.exported` enforces the traced shape
     unless the metadata says ``dynamic``.
 
     Args:

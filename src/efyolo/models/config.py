@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from efyolo.errors import EfyoloError
-from efyolo.yaml_io import read_yaml_mapping
+from efyolo.utils.yaml_io import read_yaml_mapping
 
 CONFIG_DIR = "configs"
 _BUILTIN = re.compile(r"^yolov5(?P<scale>[nsmlx])(?:-(?P<backbone>[a-z0-9_\-]+))?$")

@@ -16,7 +16,7 @@ from torch import nn
 from efyolo.errors import EfyoloError
 from efyolo.models.config import load_model_config, resolve_arg
 from efyolo.models.head import Detect
-from efyolo.models.layers import MODULES, BuildContext, Shape
+from efyolo.models.parser import MODULES, BuildContext, Shape
 
 
 def _parse_row(row: Any, index: int) -> tuple[list[int], int, str, list[Any]]:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import yaml
 
 from efyolo.errors import EfyoloError
-from efyolo.yaml_io import read_yaml_mapping
+from efyolo.utils.yaml_io import read_yaml_mapping
 
 # `efyolo train` without --data: the built-in synthetic dataset (rendered at 192 px) and a
 # detector sized for a CPU, for a run of under 10 minutes on 2 cores (README, "The demo").
@@ -181,7 +181,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every option before any work (no run folder, no dataset scan): one clear error each."""
-        from efyolo.engine.checks import MAX_IMGSZ, check_int, check_positive, check_range
+        from efyolo.utils.checks import MAX_IMGSZ, check_int, check_positive, check_range
 
         if self.resume:
             return  # the checkpoint's own options are checked when it is loaded

@@ -33,12 +33,9 @@ two apart, so they stay with the first), both as a split and when converting.
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import shutil
 import stat
-import tempfile
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,212 +45,15 @@ import numpy as np
 import yaml
 
 from efyolo.data.config import DataConfig, load_data_config
-from efyolo.data.dataset import (
-    ImageRecord,
-    SplitIndex,
-    files_hash,
-    load_cache,
-    log_problems,
-    save_cache,
-    scan_split,
-)
+from efyolo.data.split import SplitIndex, log_problems
+from efyolo.data.scan import scan_split
 from efyolo.data.images import check_image, list_images
-from efyolo.data.labels import TOLERANCE, clean_labels, img2label_paths
+from efyolo.data.labels import clean_labels, img2label_paths
 from efyolo.errors import EfyoloError
-from efyolo.yaml_io import read_json_file
 from efyolo.ops.boxes import xywhn2xyxy, xyxy2ltwh
-
-
-def read_coco_json(path: str | Path) -> dict[str, Any]:
-    """Load an instances JSON and check the parts we use (``images``, ``categories``, optional
-    ``annotations``); :class:`EfyoloError` naming the file and the problem."""
-    path = Path(path)
-    data = read_json_file(path, "COCO JSON")
-    if not isinstance(data, dict):
-        raise EfyoloError(f"{path}: expected a COCO instances object with 'images' and 'categories'")
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise EfyoloError(f"{path}: missing '{key}' list")
-    if not isinstance(data.setdefault("annotations", []), list):
-        raise EfyoloError(f"{path}: 'annotations' must be a list")
-    for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise EfyoloError(f"{path}: images[{i}] needs 'id' and 'file_name'")
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
-            raise EfyoloError(f"{path}: categories[{i}] needs an integer 'id'")
-    if not data["categories"]:
-        raise EfyoloError(f"{path}: 'categories' is empty")
-    return data
-
-
-def category_map(data: dict[str, Any]) -> tuple[dict[int, int], list[str]]:
-    """``({category_id: class index}, names)`` with ids in ascending order."""
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    return {c["id"]: i for i, c in enumerate(cats)}, [str(c.get("name", c["id"])) for c in cats]
-
-
-def coco_class_names(path: str | Path) -> list[str]:
-    """Class names of a COCO JSON, in ascending category-id order."""
-    return category_map(read_coco_json(path))[1]
-
-
-def coco_images_dir(json_path: Path) -> Path | None:
-    """The images folder of a COCO JSON found by convention (see the module docstring)."""
-    name = json_path.stem.removeprefix("instances_")
-    here, up = json_path.parent, json_path.parent.parent
-    for cand in (up / "images" / name, up / name, here / "images" / name, here / name, here / "images"):
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def scan_coco_split(cfg: DataConfig, split: str, *, cache: bool = True, workers: int | None = None) -> SplitIndex:
-    """Index a split given as a COCO instances JSON (same result type as YOLO label splits)."""
-    json_path = cfg.split_sources(split)[0]
-    images_dir = cfg.images_dirs.get(split) or coco_images_dir(json_path)
-    if images_dir is None:
-        raise EfyoloError(
-            f"{cfg.yaml_path}: cannot find the images of {json_path.name}: add '{split}_images: FOLDER'"
-        )
-    data = read_coco_json(json_path)
-    cat_to_cls, cat_names = category_map(data)
-    if len(cat_names) != cfg.nc:
-        raise EfyoloError(f"{json_path}: {len(cat_names)} categories but {cfg.yaml_path} 'names' has {cfg.nc}")
-    entries = data["images"]
-    im_files = [os.path.normpath(images_dir / str(im["file_name"])) for im in entries]
-    digest = files_hash([str(json_path)] + im_files, extra=f"coco nc={cfg.nc} tol={TOLERANCE}")
-    cache_path = json_path.with_suffix(".cache")
-    if cache:
-        index = load_cache(cache_path, digest, split, cfg.names)
-        if index is not None:
-            return index
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(check_image, im_files))
-    index = _index_coco(json_path, data, entries, im_files, checked, cat_to_cls, split, cfg.names)
-    if cache:
-        index.cache_path = cache_path if save_cache(cache_path, digest, index) else None
-    return index
-
-
-def _index_coco(
-    json_path: Path,
-    data: dict[str, Any],
-    entries: list[dict[str, Any]],
-    im_files: list[str],
-    checked: list[tuple[tuple[int, int] | None, str | None]],
-    cat_to_cls: dict[int, int],
-    split: str,
-    names: list[str],
-) -> SplitIndex:
-    """The index of a checked COCO split; later entries repeating an image id are skipped (see
-    :func:`_first_of_each_id`), annotations of unknown images dropped, both with a problem line."""
-    index = SplitIndex(split, list(names), [], n_listed=len(entries))
-    keep, index.problems = _first_of_each_id(json_path, entries)
-    by_image, unknown = _group_annotations(json_path, data["annotations"], {entries[i]["id"] for i in keep})
-    index.problems.extend(unknown)
-    index.n_dropped += len(unknown)
-    for i in keep:
-        entry, im_file, (shape, reason) = entries[i], im_files[i], checked[i]
-        if shape is None:
-            index.problems.append(f"{im_file}: {reason}, skipped")
-            index.n_corrupt += 1
-            continue
-        h, w = shape  # the real size (EXIF applied) wins over the JSON's, as when converting
-        given = (entry.get("width"), entry.get("height"))
-        if any(given) and given != (w, h):
-            index.problems.append(
-                f"{json_path}: image {entry['id']!r}: size {given[0]}x{given[1]} in the JSON but {w}x{h} in "
-                f"{im_file}; boxes normalised by the image's size"
-            )
-        rows, where, crowd = [], [], []
-        for ann in by_image.get(entry["id"], []):
-            row, reason = _ann_row(ann, cat_to_cls, w, h)
-            if ann.get("iscrowd", 0):
-                if row is not None:
-                    crowd.append(row)
-                    index.n_crowd += 1
-                continue
-            if reason:
-                index.problems.append(f"{json_path}: annotation {_ann_id(ann)}: {reason}")
-                index.n_dropped += 1
-                continue
-            rows.append(row)
-            where.append(f"{json_path}: annotation {_ann_id(ann)}")
-        labels, problems, dropped = clean_labels(np.array(rows, dtype=np.float64).reshape(-1, 5), where, len(names))
-        index.problems.extend(problems)
-        index.n_dropped += dropped
-        index.n_backgrounds += len(labels) == 0
-        index.images.append(ImageRecord(im_file, shape, labels, np.array(crowd, np.float32).reshape(-1, 5)))
-    return index
-
-
-def _ann_id(ann: Any) -> Any:
-    return ann.get("id", "?") if isinstance(ann, dict) else "?"
-
-
-def _first_of_each_id(json_path: Path, entries: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """Indices of the image entries to use, in order, and one problem per entry left out.
-
-    Annotations name their image by ``image_id`` alone, so two entries with one id cannot be told
-    apart: the first keeps the annotations and later ones are skipped, rather than silently given
-    the first one's boxes. An id that cannot be a key (a list, an object) names no image at all.
-    """
-    seen: set[Any] = set()
-    keep, problems = [], []
-    for i, entry in enumerate(entries):
-        image_id, name = entry["id"], entry["file_name"]
-        if not _is_hashable(image_id):
-            problems.append(f"{json_path}: images[{i}]: id {image_id!r} is not a number or a string, skipped")
-        elif image_id in seen:
-            problems.append(
-                f"{json_path}: images[{i}]: duplicate image id {image_id!r} (file_name {name!r}), skipped; "
-                "its annotations go to the first image with this id"
-            )
-        else:
-            seen.add(image_id)
-            keep.append(i)
-    return keep, problems
-
-
-def _group_annotations(
-    json_path: Path, annotations: list[Any], known: set[Any]
-) -> tuple[dict[Any, list[dict[str, Any]]], list[str]]:
-    """Annotations by ``image_id``, and one problem per annotation that names no listed image.
-
-    Without the message such an annotation would vanish from the converted or evaluated data
-    without a trace.
-    """
-    by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    problems = []
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
-            problems.append(f"{json_path}: annotations[{i}]: not an object, dropped")
-        elif not _is_hashable(ann.get("image_id")) or ann.get("image_id") not in known:
-            image_id = ann.get("image_id")
-            problems.append(f"{json_path}: annotation {_ann_id(ann)}: unknown image_id {image_id!r}, dropped")
-        else:
-            by_image[ann["image_id"]].append(ann)
-    return by_image, problems
-
-
-def _is_hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _ann_row(ann: dict[str, Any], cat_to_cls: dict[int, int], w: int, h: int) -> tuple[list[float] | None, str | None]:
-    """One annotation -> normalised ``[cls, xc, yc, w, h]`` or a reason to drop it."""
-    if ann.get("category_id") not in cat_to_cls:
-        return None, f"unknown category_id {ann.get('category_id')!r}"
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-        return None, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
-    x, y, bw, bh = (float(v) for v in bbox)
-    return [cat_to_cls[ann["category_id"]], (x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h], None
+from efyolo.data.coco_json import category_map, image_id_from_path, read_coco_json
+from efyolo.data.coco_split import ann_id, ann_row, first_of_each_id, group_annotations
+from efyolo.utils.files import write_json_atomic
 
 
 @dataclass
@@ -384,11 +184,11 @@ def _plan_coco_to_yolo(
 
     Nothing is written here: the destinations are checked as a whole before the first write.
     """
-    keep, problems = _first_of_each_id(json_path, data["images"])
+    keep, problems = first_of_each_id(json_path, data["images"])
     report.problems.extend(problems)
     report.skipped += len(problems)
     entries = [data["images"][i] for i in keep]
-    by_image, unknown = _group_annotations(json_path, data["annotations"], {e["id"] for e in entries})
+    by_image, unknown = group_annotations(json_path, data["annotations"], {e["id"] for e in entries})
     report.problems.extend(unknown)
     report.dropped += len(unknown)
     boxes = {image_id: [a for a in anns if not a.get("iscrowd", 0)] for image_id, anns in by_image.items()}
@@ -451,13 +251,13 @@ def _image_labels(
         )
     rows, where = [], []
     for ann in anns:
-        row, reason = _ann_row(ann, cat_to_cls, w, h)
+        row, reason = ann_row(ann, cat_to_cls, w, h)
         if reason:
-            report.problems.append(f"{json_path}: annotation {_ann_id(ann)}: {reason}")
+            report.problems.append(f"{json_path}: annotation {ann_id(ann)}: {reason}")
             report.dropped += 1
         else:
             rows.append(row)
-            where.append(f"{json_path}: annotation {_ann_id(ann)}")
+            where.append(f"{json_path}: annotation {ann_id(ann)}")
     labels, problems, dropped = clean_labels(np.array(rows, dtype=np.float64).reshape(-1, 5), where, nc)
     report.problems.extend(problems)
     report.dropped += dropped
@@ -608,12 +408,6 @@ def _write_yaml(yaml_path: Path, split: str, names: list[str]) -> None:
     yaml_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def image_id_from_path(path: str | Path) -> int | str:
-    """The image id used in COCO results files: the file stem, as an int when it is all digits."""
-    stem = Path(path).stem
-    return int(stem) if stem.isdigit() else stem
-
-
 def yolo_to_coco(cfg: DataConfig, split: str, out_path: str | Path) -> ConvertReport:
     """Write a split of any dataset as a COCO instances JSON.
 
@@ -668,14 +462,3 @@ def _split_files(cfg: DataConfig, split: str, index: SplitIndex) -> list[str]:
     return im_files + img2label_paths(im_files)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

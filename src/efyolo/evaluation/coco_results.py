@@ -2,7 +2,7 @@
 
 A results file is a JSON list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
 with boxes in pixels of the original image, ``image_id`` the image file's stem (an int when the
-stem is all digits, see :func:`efyolo.data.coco.image_id_from_path`) and ``category_id`` the class
+stem is all digits, see :func:`efyolo.data.coco_json.image_id_from_path`) and ``category_id`` the class
 index. Entries for images that are not in the split, or with a class index outside ``[0, nc)``,
 are skipped with a warning and counted; a malformed file or entry is an
 :class:`~efyolo.errors.EfyoloError` naming the file and the entry.
@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from efyolo.data.coco import image_id_from_path, write_json_atomic
-from efyolo.data.dataset import SplitIndex
-from efyolo.engine.metrics import DetectionEvaluator, EvalResult
+from efyolo.data.coco_json import image_id_from_path
+from efyolo.utils.files import write_json_atomic
+from efyolo.data.split import SplitIndex
+from efyolo.evaluation.metrics import DetectionEvaluator, EvalResult
 from efyolo.errors import EfyoloError
-from efyolo.yaml_io import read_json_file
+from efyolo.utils.yaml_io import read_json_file
 from efyolo.ops.boxes import ltwh2xyxy, xywhn2xyxy, xyxy2ltwh
 
 LOGGER = logging.getLogger("efyolo")
@@ -181,7 +182,7 @@ def write_coco_results(
 
     Args:
         path: output JSON.
-        image_ids: one id per image (see :func:`efyolo.data.coco.image_id_from_path`).
+        image_ids: one id per image (see :func:`efyolo.data.coco_json.image_id_from_path`).
         boxes, scores, labels: per image, ``[n, 4]`` xyxy, ``[n]``, ``[n]`` (arrays or tensors).
     """
     out = []

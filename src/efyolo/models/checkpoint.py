@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from efyolo.errors import EfyoloError
-from efyolo.files import temp_file_beside
+from efyolo.utils.files import temp_file_beside
 
 FORMAT = "efyolo-checkpoint"
 VERSION = 1

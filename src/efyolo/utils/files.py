@@ -8,10 +8,12 @@ would have (0666 less the umask) before anything is written to it.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 _UMASK_LOCK = threading.Lock()
 
@@ -53,3 +55,16 @@ def remove_stale_temps(folder: str | Path, name: str) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file next to ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

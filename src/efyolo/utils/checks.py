@@ -17,6 +17,7 @@ from efyolo.errors import EfyoloError
 # Larger inputs are almost always a typo (100000 px asks OpenCV for a 30 GB image per sample);
 # 8192 covers 8K frames and large aerial tiles.
 MAX_IMGSZ = 8192
+DEFAULT_IMGSZ = 640  # when neither the user nor the weights say (YOLOv5's default)
 
 
 def _is_number(value: Any) -> bool:

@@ -1,6 +1,6 @@
 """Runtime backends for exported models: ONNX Runtime, OpenVINO and TorchScript.
 
-Each satisfies :class:`efyolo.engine.predictor.Backend` (``float32 [B, 3, H, W]`` in ``[0, 1]`` ->
+Each satisfies :class:`efyolo.runtime.autobackend.Backend` (``float32 [B, 3, H, W]`` in ``[0, 1]`` ->
 ``[B, N, 5 + nc]`` raw predictions, plus ``names``, ``stride``, ``fp16``, ``device``) and reads
 everything else from the metadata embedded at export (:mod:`efyolo.export.metadata`), so
 ``Detector``, ``efyolo detect`` and ``efyolo val`` run them unchanged. Extra attributes:
@@ -15,7 +15,7 @@ everything else from the metadata embedded at export (:mod:`efyolo.export.metada
   row again, so callers need no special case.
 
 :func:`find_backend` maps a weights path to the factory that opens it (used by
-:func:`efyolo.engine.predictor.load_backend` for everything but ``.pt``).
+:func:`efyolo.runtime.autobackend.load_backend` for everything but ``.pt``).
 """
 
 from __future__ import annotations
