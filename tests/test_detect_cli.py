@@ -64,7 +64,8 @@ def test_cli_outputs(weights, images, capsys):
     (images / "broken.jpg").write_bytes(b"not an image")
     rc = detect("--weights", weights["handset"], "--source", images, "--save-txt", "--save-conf",
                 "--save-json", "--save-crop", "--max-det", "3")
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out, err = captured.out.splitlines(), captured.err
     assert rc == 0
     exp = Path("runs/detect/exp")
     assert sorted(p.name for p in exp.iterdir()) == ["7.jpg", "crops", "labels", "predictions.json", "wide.png"]
@@ -87,8 +88,10 @@ def test_cli_outputs(weights, images, capsys):
     assert out[1].startswith(f"image 3/3 {images / 'wide.png'}: 32x64 3 b, ")
     assert out[2].startswith("Speed: ") and "pre-process" in out[2]
     assert out[2].endswith("NMS per image at shapes up to (1, 3, 64, 64)")
-    assert "1 unreadable source(s) skipped" in out[3] and "broken.jpg" in out[3]
     assert out[-1] == "Results saved to runs/detect/exp"
+    # warnings go to standard error (the logger's WARNING channel)
+    skipped = [line for line in err.splitlines() if "unreadable source(s) skipped" in line]
+    assert len(skipped) == 1 and "1 unreadable source(s) skipped" in skipped[0] and "broken.jpg" in skipped[0]
 
 
 def test_run_folders_are_numbered(weights, images, capsys):

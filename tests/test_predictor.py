@@ -241,7 +241,8 @@ def test_result_conversions_and_json():
     np.testing.assert_allclose(r.xywh(), [[20, 15, 20, 20], [75, 25, 50, 50]])
     np.testing.assert_allclose(r.xywhn(), [[0.2, 0.3, 0.2, 0.4], [0.75, 0.5, 0.5, 1.0]])
     rows = r.to_json()
-    assert rows[0] == {"image_id": "img_7", "category_id": 2, "bbox": [10.0, 5.0, 20.0, 20.0], "score": 0.9}
+    score = float(np.float32(0.9))  # full precision (coco_result_rows), not rounded to 0.9
+    assert rows[0] == {"image_id": "img_7", "category_id": 2, "bbox": [10.0, 5.0, 20.0, 20.0], "score": score}
     assert rows[1]["category_id"] == 0 and json.loads(json.dumps(rows)) == rows
     assert r.summary() == "1 a, 1 c"
 

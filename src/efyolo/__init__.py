@@ -26,7 +26,7 @@ _LAZY = {
     "build_backbone": "efyolo.models",
     "Detector": "efyolo.engine.predictor",
     "train": "efyolo.engine.trainer",
-    "val": "efyolo.engine.validator:validate_model",
+    "val": "efyolo.engine.validator:val",
 }
 
 

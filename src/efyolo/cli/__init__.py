@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _available_subcommands().values():
         module.add_parser(subparsers)
+    for sub in subparsers.choices.values():  # every command: one switch for the log's INFO lines
+        sub.add_argument("-q", "--quiet", action="store_true", default=None,
+                         help="show only warnings and errors (no progress lines)")
     return parser
 
 
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # `efyolo` alone: the usage and the commands, not an error
         parser.print_help()
         return 0
+    from efyolo.utils.log import setup_logging
+
+    # commands whose standard output is data (--json) keep their log lines on standard error
+    setup_logging(quiet=bool(args.quiet), info_to_stderr=getattr(args, "json", None) is True)
     try:
         return int(args.func(args) or 0)
     except EfyoloError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from efyolo.errors import EfyoloError
+from efyolo.utils.log import LOGGER
 
 _EPILOG = """examples:
   efyolo convert --from coco --to yolo --json annotations/instances_val2017.json --images val2017 --out coco-yolo
@@ -66,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         from efyolo.data.config import load_data_config
 
         report = yolo_to_coco(load_data_config(args.data), args.split, args.out)
-    print(f"converted {args.src} -> {args.dst}: {report.summary()}")
+    LOGGER.info(f"converted {args.src} -> {args.dst}: {report.summary()}")
     return 0

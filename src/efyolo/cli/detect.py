@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from efyolo.utils.log import LOGGER
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("detect", help="detect objects in images and videos with a trained model")
@@ -68,16 +70,16 @@ def run(args: argparse.Namespace) -> int:
     )
     note = writer.collision_note() if writer.saves_anything else None
     if note:  # after the arguments are checked, before the per-image lines
-        print(note)
+        LOGGER.info(note)
     stats = SpeedStats()
     with writer:
         for result in results:
             writer.write(result)
             stats.add(result)
-            print(result.log_line())
-    print(stats.summary(args.batch))
+            LOGGER.info(result.log_line())
+    LOGGER.info(stats.summary(args.batch))
     if sources.skipped:
-        print(f"{len(sources.skipped)} unreadable source(s) skipped: {', '.join(sources.skipped[:5])}")
+        LOGGER.warning(f"{len(sources.skipped)} unreadable source(s) skipped: {', '.join(sources.skipped[:5])}")
     if writer.saves_anything and save_dir.exists():
-        print(f"Results saved to {save_dir}")
+        LOGGER.info(f"Results saved to {save_dir}")
     return 0

@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from efyolo.utils.log import LOGGER
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("profile", help="parameters, GFLOPs and latency of models")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             profile_model(name, imgsz, args.batch, runs=args.runs, warmup=args.warmup, device=device, name=name,
                           half=args.half)
         )
-        print(f"profiled {name}: {profiles[-1].latency_ms:.1f} ms", file=sys.stderr)
+        LOGGER.info(f"profiled {name}: {profiles[-1].latency_ms:.1f} ms")
     print(format_table(profiles), file=log)
     if args.json:
         dicts = [p.as_dict() for p in profiles]

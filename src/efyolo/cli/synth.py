@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from efyolo.utils.log import LOGGER
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``synth`` and its arguments."""
@@ -52,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     rate = (args.train + args.val) / max(seconds, 1e-9)
-    print(
+    LOGGER.info(
         f"wrote {args.train} train + {args.val} val images ({args.imgsz}x{args.imgsz}) "
         f"in {seconds:.1f} s ({rate:.0f} images/s)"
     )
-    print(f"data: {data}")
+    LOGGER.info(f"data: {data}")
     return 0

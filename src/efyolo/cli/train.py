@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="check: new anchors when BPR <= 0.98 (YOLOv5, default); refit: fit them to the labels "
                         "and keep them when better (demo default); off: keep the model's")
     p.add_argument("--verbose", action="store_true", default=None, help="per-class table at the end")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help='TensorBoard event files in the run folder (default on when the tensorboard package is '
+                        'installed: pip install "efyolo[loggers]")')
     p.set_defaults(func=run)
 
 

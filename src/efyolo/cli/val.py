@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -60,16 +59,16 @@ def run(args: argparse.Namespace) -> int:
     from efyolo.evaluation.metrics import format_table
     from efyolo.utils.runs import increment_path
     from efyolo.engine.validator import check_split_usable
+    from efyolo.utils.log import LOGGER
 
-    out = sys.stderr if args.json else sys.stdout
     cfg = load_data_config(args.data)
     preds = read_coco_results(args.pred)
     index = scan_split(cfg, args.split, cache=not args.no_cache)
-    print(index.summary(), file=out)
+    LOGGER.info(index.summary())
     check_split_usable(index, cfg.yaml_path)
     report = score_predictions(index, preds)
     result = report.result
-    print(format_table(result, verbose=args.verbose), file=out)
+    LOGGER.info(format_table(result, verbose=args.verbose))
 
     save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok, mkdir=True)
     payload = {
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from efyolo.utils.plotting import save_eval_plots
 
         save_eval_plots(result, save_dir)
-    print(f"Results saved to {save_dir}", file=out)
+    LOGGER.info(f"Results saved to {save_dir}")
     if args.json:
         print(json.dumps(payload))
     return 0
@@ -96,12 +95,11 @@ def _run_weights(args: argparse.Namespace) -> int:
     """``--weights``: run the model over the split (letterboxed rectangular batches) and score it."""
     from efyolo.engine.validator import validate_model
 
-    out = sys.stderr if args.json else sys.stdout
     metrics = validate_model(
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
         max_det=args.max_det, device=args.device, split=args.split, project=args.project, name=args.name,
         exist_ok=args.exist_ok, save_json=args.save_json, plots=not args.no_plots, verbose=args.verbose,
-        cache=not args.no_cache, log=out, half=args.half, workers=args.workers, rect=args.rect,
+        cache=not args.no_cache, half=args.half, workers=args.workers, rect=args.rect,
     )
     if args.json:
         print(json.dumps(metrics))

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from efyolo.errors import EfyoloError
 from efyolo.utils.yaml_io import read_yaml_mapping

@@ -18,7 +18,6 @@ A sample is ``(image, labels, path, shapes)``:
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
@@ -266,13 +265,3 @@ def build_dataloader(
         generator=generator,
         drop_last=False,
     )
-
-
-def label_wh_pixels(dataset: DetectionDataset) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(shapes [N, 2] as (w, h), labels)`` for AutoAnchor."""
-    shapes = np.array([(w, h) for h, w in (r.shape for r in dataset.records)], dtype=np.float64).reshape(-1, 2)
-    return shapes, [r.labels for r in dataset.records]
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

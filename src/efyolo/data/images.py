@@ -1,7 +1,7 @@
 """Image files of a dataset split: listing them and checking that they can be read.
 
 Listing follows YOLOv5: a folder is searched recursively for files with an image suffix
-(``IMG_FORMATS``), a ``.txt`` file lists one image path per line (relative paths are relative to
+(``IMAGE_SUFFIXES``, also the still images :class:`efyolo.data.sources.Sources` accepts), a ``.txt`` file lists one image path per line (relative paths are relative to
 the list's folder), and the result is sorted within each source. Unlike YOLOv5, every real folder
 is listed once and every real file once: a symbolic link loop (``ln -s . images/val/loop``) or a
 second name for a folder or file would otherwise list the same images many times. Symbolic links
@@ -14,6 +14,10 @@ the YOLO labels, which are relative to the upright image), then makes sure OpenC
 loader reads images with, decodes it: PIL reads formats OpenCV does not (an ICO file saved as
 ``.png``), and an image only PIL can read would be lost at training time. A JPEG without its
 end-of-image marker is usable (OpenCV decodes what is there) but reported.
+
+EXIF orientation (:func:`exif_orientation`, :func:`exif_size`, :func:`apply_orientation`) lives
+here once: the scan's image size and the upright pixels :mod:`efyolo.data.sources` decodes for
+inference both come from it.
 """
 
 from __future__ import annotations
@@ -26,21 +30,28 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
+import numpy as np
 from PIL import Image
 
 from efyolo.errors import EfyoloError
 
 LOGGER = logging.getLogger("efyolo")
-IMG_FORMATS = frozenset({"bmp", "dib", "jpeg", "jpg", "jpe", "mpo", "png", "tif", "tiff", "webp", "pbm", "pgm", "ppm"})
-_EXIF_ORIENTATION = 0x0112
+# The one list of still-image suffixes (lower case, with the dot, as ``Path.suffix``), for dataset
+# listing and inference sources alike: formats that both OpenCV (which decodes them) and PIL (which
+# the dataset scan verifies with) read as 8-bit images. Not ".pfm": OpenCV decodes a float map to
+# 8 bits without scaling (values 0 and 1, a black image) and PIL cannot open OpenCV's colour PFM.
+IMAGE_SUFFIXES = frozenset(
+    {".bmp", ".dib", ".jpeg", ".jpg", ".jpe", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm"}
+)
+_EXIF_ORIENTATION = 0x0112  # the EXIF orientation tag
 _TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _JPEG_EOI = b"\xff\xd9"  # the end-of-image marker a complete JPEG ends with
 _JPEG_FORMATS = ("JPEG", "MPO")  # PIL's names of the formats that end with it
 
 
 def is_image_file(path: str | Path) -> bool:
-    """Whether ``path`` has an image suffix (case-insensitive)."""
-    return str(path).rpartition(".")[2].lower() in IMG_FORMATS
+    """Whether ``path`` has an image suffix (``IMAGE_SUFFIXES``, case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +100,7 @@ def find_images(sources: Sequence[Path], what: str = "split") -> tuple[list[str]
         else:
             found = _read_list(source, problems)
         if not found:
-            raise EfyoloError(f"{what}: no images found in {source} (suffixes: {', '.join(sorted(IMG_FORMATS))})")
+            raise EfyoloError(f"{what}: no images found in {source} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
         for path, real in found:
             if real in kept:
                 problems.append(f"{path}: same file as {kept[real]} (listed by an earlier source), listed once")
@@ -227,18 +238,52 @@ def _read_list(path: Path, problems: list[str] | None = None) -> list[tuple[str,
 
 
 # --------------------------------------------------------------------------------------------
-# Checking
+# EXIF orientation
 # --------------------------------------------------------------------------------------------
+
+
+def exif_orientation(path_or_image: str | Path | Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of an image file or PIL image; 1 when absent, invalid or unreadable."""
+    try:
+        if isinstance(path_or_image, Image.Image):
+            value = path_or_image.getexif().get(_EXIF_ORIENTATION, 1)
+        else:
+            with Image.open(path_or_image) as im:  # lazy: reads the header only
+                value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def exif_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of a PIL image once its EXIF orientation is applied."""
     w, h = image.size
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
-        orientation = 1
-    return (h, w) if orientation in _TRANSPOSED else (w, h)
+    return (h, w) if exif_orientation(image) in _TRANSPOSED else (w, h)
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip an ``[H, W, C]`` image so that it displays upright, given its EXIF orientation.
+
+    Matches ``PIL.ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip vertically,
+    5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise; the
+    orientations 5-8 swap height and width, as :func:`exif_size` tells.
+    """
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: a.swapaxes(0, 1)[::-1],
+    }
+    op = ops.get(orientation)
+    return img if op is None else np.ascontiguousarray(op(img))
+
+
+# --------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
 
 Accepted sources (and lists/tuples mixing any of them):
 
-* a path to an image (``IMAGE_SUFFIXES``) or a video (``VIDEO_SUFFIXES``, read with OpenCV);
+* a path to an image (``IMAGE_SUFFIXES``, the list :mod:`efyolo.data.images` lists datasets with) or a video (``VIDEO_SUFFIXES``, read with OpenCV);
 * a folder: its images and videos, sorted by name, not recursive;
 * a glob pattern (``data/*.jpg``, ``data/**/*.png``), sorted; ``**`` searches each real folder
   once (a symlink back to a parent folder is not followed round in circles), and a file reached
@@ -19,7 +19,9 @@ Accepted sources (and lists/tuples mixing any of them):
   point (0-1, as ``torchvision.transforms.ToTensor`` gives); each image becomes one frame.
 
 Image files are decoded with OpenCV, ignoring its own orientation handling, and then rotated or
-flipped by their EXIF orientation tag here, so the result does not depend on the OpenCV version.
+flipped by their EXIF orientation tag (:func:`efyolo.data.images.exif_orientation` and
+:func:`~efyolo.data.images.apply_orientation`, the code the dataset scan sizes images with), so the
+result does not depend on the OpenCV version.
 
 Errors: a path that does not exist, an empty folder, a glob that matches nothing, an unsupported
 file type, or a single source that cannot be read raise :class:`EfyoloError` naming the path. When
@@ -44,17 +46,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from efyolo.data.images import IMAGE_SUFFIXES, apply_orientation, exif_orientation
 from efyolo.errors import EfyoloError
 
 LOGGER = logging.getLogger("efyolo")
 
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset(
     {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}
 )
 DEFAULT_FPS = 30.0  # used when a video container reports no frame rate
 
-_EXIF_ORIENTATION = 0x0112
 _GLOB_CHARS = set("*?[")
 
 
@@ -97,35 +98,6 @@ class _Item:
 # --------------------------------------------------------------------------------------------
 # Image files
 # --------------------------------------------------------------------------------------------
-
-
-def exif_orientation(path: str | Path) -> int:
-    """The EXIF orientation tag (1-8) of an image file; 1 when absent or unreadable."""
-    try:
-        with Image.open(path) as im:  # lazy: reads the header only
-            value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001  any PIL failure just means "no usable tag"
-        return 1
-    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    """Rotate/flip an ``[H, W, C]`` image so that it displays upright, given its EXIF orientation.
-
-    Matches ``PIL.ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip vertically,
-    5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.
-    """
-    ops = {
-        2: lambda a: a[:, ::-1],
-        3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1],
-        5: lambda a: a.swapaxes(0, 1),
-        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
-        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-        8: lambda a: a.swapaxes(0, 1)[::-1],
-    }
-    op = ops.get(orientation)
-    return img if op is None else np.ascontiguousarray(op(img))
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:

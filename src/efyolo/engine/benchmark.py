@@ -7,7 +7,6 @@ that ``Detector`` uses; ONNX Runtime and OpenVINO get the same intra-op thread c
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import tempfile
@@ -215,7 +214,7 @@ def _validate(path: Path, data: str | Path, size: tuple[int, int], device: torch
     with tempfile.TemporaryDirectory(prefix="efyolo-bench-") as tmp:
         return validate_model(
             path, data, imgsz=max(size), batch=1, device=str(device), split=split, project=tmp, plots=False,
-            log=io.StringIO(),
+            quiet=True,
         )
 
 

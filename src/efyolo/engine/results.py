@@ -9,7 +9,6 @@ that share a file name apart.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ import numpy as np
 
 from efyolo.data.coco_json import image_id_from_path
 from efyolo.data.sources import VIDEO_SUFFIXES
+from efyolo.evaluation.coco_results import coco_result_rows, write_coco_results
 from efyolo.utils.plotting import crop_box, draw_detections
 from efyolo.errors import EfyoloError
-from efyolo.ops.boxes import xyxy2ltwh, xyxy2xywh, xyxy2xywhn
+from efyolo.ops.boxes import xyxy2xywh, xyxy2xywhn
 
 # Suffixes cv2.imwrite can write; an annotated copy of any other image is saved as .jpg.
 _WRITABLE = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
@@ -129,23 +129,18 @@ class Result:
     def to_json(self, image_id: int | str | None = None) -> list[dict[str, Any]]:
         """COCO-results dicts ``{image_id, category_id, bbox: [x, y, w, h], score}``.
 
+        Made by :func:`efyolo.evaluation.coco_results.coco_result_rows`, the same rows the
+        validator writes: full precision (no rounding, so that a written file scores exactly as
+        these detections; rounded scores tie and reorder COCO's matching). ``category_id`` is the
+        class index.
+
         Args:
             image_id: defaults to the file stem, as an int when numeric (as the evaluator's
                 :func:`efyolo.data.coco_json.image_id_from_path`); video frames use :attr:`stem`.
-                ``category_id`` is the class index.
         """
         if image_id is None:
             image_id = image_id_from_path(self.path) if self.frame is None else self.stem
-        ltwh = xyxy2ltwh(self.boxes)
-        return [
-            {
-                "image_id": image_id,
-                "category_id": int(c),
-                "bbox": [round(float(v), 3) for v in b],
-                "score": round(float(s), 5),
-            }
-            for b, s, c in zip(ltwh, self.scores, self.labels)
-        ]
+        return coco_result_rows(image_id, self.boxes, self.scores, self.labels)
 
     def save_txt(self, path: str | Path, save_conf: bool = False) -> Path:
         """Write YOLO-format rows ``cls xc yc w h [conf]`` (normalised) to ``path`` (empty file if none)."""
@@ -392,8 +387,7 @@ class ResultWriter:
         """Finish the open video (so a partial video stays playable) and write ``predictions.json``."""
         self._release_video()
         if self.save_json and write_json:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            (self.save_dir / "predictions.json").write_text(json.dumps(self.json_rows))
+            write_coco_results(self.save_dir / "predictions.json", self.json_rows)
 
     def __enter__(self) -> "ResultWriter":
         return self

@@ -3,14 +3,15 @@
 One :class:`Trainer` holds the state of a run (model, EMA, optimizer, data, epoch) and moves it
 forward epoch by epoch: ``setup()`` builds everything (or restores it from ``last.pt``),
 ``train_epoch()`` runs the optimisation, ``validate()`` scores the EMA weights, ``save()`` writes
-the checkpoints. Only rank 0 writes files and logs under DDP.
+the checkpoints. Around them the trainer fires the events of :mod:`efyolo.training.callbacks`;
+``results.csv``, the plots and TensorBoard are callbacks, and a user's own are added with
+``efyolo.train(callbacks=[...])``. Only rank 0 writes files, logs and fires events under DDP.
 """
 
 from __future__ import annotations
 
-import csv
+import copy
 import dataclasses
-import logging
 import math
 import random
 import shlex
@@ -26,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from efyolo.training import distributed as ddp
+from efyolo.training.callbacks import RESULT_COLUMNS, Callbacks, default_callbacks
 from efyolo.models.checkpoint import check_resumable, load_checkpoint, non_finite_tensors, save_checkpoint
 from efyolo.training.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
@@ -34,12 +36,9 @@ from efyolo.training.time_budget import TimeBudget
 from efyolo.training.config import TrainConfig, load_hyp, read_hyp_overrides
 from efyolo.errors import EfyoloError
 from efyolo.utils.files import remove_stale_temps
+from efyolo.utils.log import LOGGER, setup_logging
 
-LOGGER = logging.getLogger("efyolo")
-RESULT_COLUMNS = (
-    "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "precision", "recall", "mAP50", "mAP50-95",
-    "val/box_loss", "val/obj_loss", "val/cls_loss", "lr/pg0", "lr/pg1", "lr/pg2", "time",
-)
+__all__ = ["RESULT_COLUMNS", "TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -86,30 +85,72 @@ def _transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 class Trainer:
     """A training run. ``Trainer(TrainConfig(...)).train()`` or ``efyolo.train(...)``."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        cfg.validate()  # every option checked before any folder is made or any file read
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, callbacks: Any = ()) -> None:
+        """
+        Args:
+            cfg: the run's options; checked here, before any folder is made or any file read, and
+                copied (the caller's object is never changed: the data path it resolves and the
+                epochs a time budget re-plans belong to this run).
+            callbacks: the user's callbacks, fired after the built-in ones (see
+                :mod:`efyolo.training.callbacks`).
+        """
+        cfg.validate()
+        self.cfg: TrainConfig = copy.deepcopy(cfg)
         self.dist = ddp.dist_info()
-        self.log = sys.stdout if self.dist.is_main else None
-        self.resume_ckpt: dict[str, Any] | None = None
+        self.callbacks = Callbacks([*default_callbacks(tensorboard=self.cfg.tensorboard), *callbacks])
+        # the run's state, set by setup() (None until then)
+        self.resume_ckpt: dict[str, Any] | None = None  # last.pt being resumed
+        self.resume_path: Path | None = None
+        self.device: torch.device | None = None
+        self.save_dir: Path | None = None  # the run folder, made at the end of setup()
+        self.wdir: Path | None = None  # save_dir / "weights"
+        self.hyp: dict[str, float] = {}  # hyperparameters in use (lr0: the one really used)
+        self.data_cfg: Any = None  # the dataset YAML, parsed
+        self.names: list[str] = []
+        self.train_index: Any = None  # scanned splits (efyolo.data.split.SplitIndex)
+        self.val_index: Any = None
+        self.batch_per_rank = 0
+        self.stride = 0  # the model's largest stride (known once the model is built)
+        self.train_set: Any = None
+        self.train_loader: Any = None
+        self.val_loader: Any = None  # main process only
+        self.model: nn.Module | None = None
+        self.loss_hyp: dict[str, float] = {}
+        self.compute_loss: Any = None
+        self.nb = 0  # batches per epoch
+        self.accumulate = 1  # batches per optimizer step
+        self.optimizer_name = ""
+        self.lr0 = 0.0
+        self.lr0_source = ""  # where lr0 came from, for the log
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.warmup_bias_lr = 0.0
+        self.lf: Any = None  # epoch -> learning-rate factor
+        self.nw = 0  # warmup iterations
+        self.ema: ModelEMA | None = None  # main process only
+        self.amp = False
+        self.scaler: Any = None
+        # progress
         self.start_epoch = 0
+        self.epoch = 0  # the epoch being trained (0-based)
+        self.train_losses: np.ndarray | None = None  # the epoch's mean (box, obj, cls) loss
+        self.epoch_metrics: dict[str, Any] = {}  # the epoch's results.csv row, by column
+        self.final_metrics: dict[str, Any] = {}  # best.pt's final validation
         self.best_fitness = -1.0
         self.epochs_without_improvement = 0
-        self.stop = False
+        self.improved = False  # the latest validation beat the best fitness
+        self.best_saved = False  # best.pt written by this run (a reused --exist-ok folder may hold an old one)
+        self.stop = False  # early stopping
         self.budget: TimeBudget | None = None  # --time
         self.out_of_time = False  # the budget ended an epoch early
         self.last_train_seconds = 0.0
-        self.first_plan = cfg.epochs  # the epochs asked for, before a time budget re-planned them
+        self.first_plan = self.cfg.epochs  # the epochs asked for, before a time budget re-planned them
         self.stopped_in_epoch: tuple[int, int, int] | None = None  # (epoch, batches done, batches) when cut
-        self.improved = False  # the latest validation beat the best fitness
-        self.best_saved = False  # best.pt written by this run (a reused --exist-ok folder may hold an old one)
-        self.lr0_source = ""
         self.last_batch: torch.Tensor | None = None  # a few training images, for check_eval_forward
 
-    # ------------------------------------------------------------------------------- setup
-    def _print(self, *args: Any) -> None:
-        if self.log is not None:
-            print(*args, file=self.log, flush=True)
+    def _info(self, message: str) -> None:
+        """One line on the efyolo logger (main process only)."""
+        if self.dist.is_main:
+            LOGGER.info(message)
 
     def setup(self) -> None:
         """Everything before the first epoch. The run folder is made last, once the data, the
@@ -133,6 +174,7 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_folder()
             self._write_run_files()
+            self.callbacks.fire("on_train_start", self)
 
     def _device(self) -> torch.device:
         if self.dist.enabled and torch.cuda.is_available() and self.cfg.device != "cpu":
@@ -185,7 +227,7 @@ class Trainer:
         self.first_plan = int(ckpt.get("first_plan") or self.cfg.epochs)
         self.resume_ckpt, self.resume_path = ckpt, path
         self.start_epoch = int(ckpt["epoch"]) + 1
-        self._print(f"Resuming {path} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
+        self._info(f"Resuming {path} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
 
     def _load_data(self) -> None:
         """Read the dataset YAML and scan both splits; an unusable split is an error here."""
@@ -201,14 +243,17 @@ class Trainer:
                 path = default_dataset(**cfg.synth)
             ddp.barrier()
             path = default_dataset(**cfg.synth)
-            cfg.data = str(path)
-            self._print(f"Using the built-in synthetic dataset: {path}")
+            cfg.data = str(path)  # this run's copy of the options (the caller's stay as given)
+            note = cfg.demo_note()
+            if note:
+                self._info(note)
+            self._info(f"Using the built-in synthetic dataset: {path}")
         self.data_cfg = load_data_config(cfg.data)
         self.names = list(self.data_cfg.names)
         self.train_index = scan_split(self.data_cfg, "train")
         self.val_index = scan_split(self.data_cfg, "val")
-        self._print(self.train_index.summary())
-        self._print(self.val_index.summary())
+        self._info(self.train_index.summary())
+        self._info(self.val_index.summary())
         check_split_usable(self.train_index, self.data_cfg.yaml_path)
         check_split_usable(self.val_index, self.data_cfg.yaml_path)
         world = self.dist.world_size
@@ -257,12 +302,12 @@ class Trainer:
                                   f"(first: {bad[0]}); the file comes from a diverged run")
             model = DetectionModel(ckpt["model_config"], nc=nc)
             n = _transfer_weights(model, ckpt["state_dict"])
-            self._print(f"Transferred {n}/{len(model.state_dict())} tensors from {cfg.weights}")
+            self._info(f"Transferred {n}/{len(model.state_dict())} tensors from {cfg.weights}")
         else:
             model = build_model(cfg.model, nc=nc)
         if cfg.backbone_weights and self.resume_ckpt is None:
             load_backbone_weights(model, cfg.backbone_weights)
-            self._print(f"Loaded backbone weights from {cfg.backbone_weights}")
+            self._info(f"Loaded backbone weights from {cfg.backbone_weights}")
         model.names = self.names
         self.stride = model.max_stride
         parse_imgsz(cfg.imgsz, self.stride)
@@ -274,7 +319,7 @@ class Trainer:
             )
             report = check_anchors(model.detect, wh, thr=self.hyp["anchor_t"], imgsz=cfg.imgsz, seed=cfg.seed,
                                    verbose=self.dist.is_main, refit=cfg.autoanchor == "refit")
-            self._print(f"AutoAnchor: best possible recall {report.bpr_before:.4f}"
+            self._info(f"AutoAnchor: best possible recall {report.bpr_before:.4f}"
                         + (f" -> {report.bpr_after:.4f} with new anchors" if report.replaced else ""))
         # channels_last: the convolution kernels of oneDNN (CPU) and cuDNN (AMP) prefer NHWC;
         # measured +18% (yolov5n) and +40% (EfficientFormer) training throughput on 2 CPU cores.
@@ -305,7 +350,7 @@ class Trainer:
             if any(name.startswith(x) for x in prefixes):
                 p.requires_grad_(False)
                 count += 1
-        self._print(f"Froze {count} parameter tensors ({', '.join(x.rstrip('.') for x in prefixes[:3])}...)")
+        self._info(f"Froze {count} parameter tensors ({', '.join(x.rstrip('.') for x in prefixes[:3])}...)")
 
     def _setup_optimisation(self) -> None:
         cfg, hyp = self.cfg, self.hyp
@@ -343,7 +388,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, decay, tau) if self.dist.is_main else None
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self._print(
+        self._info(
             f"optimizer: {name}(lr={self.lr0:g} {self.lr0_source}, momentum={hyp['momentum']}) with parameter groups "
             f"{[g['name'] for g in self.optimizer.param_groups]}, weight_decay={weight_decay:g}, "
             f"accumulate {self.accumulate} batches (nominal batch {cfg.nbs}), warmup {self.nw} iterations, "
@@ -379,37 +424,19 @@ class Trainer:
         _set_rng_state(ckpt["rng"])
 
     def _prepare_run_folder(self) -> None:
-        """Make a reused or resumed folder look like a fresh run's: no leftovers of a killed writer,
-        and a ``results.csv`` that holds exactly the epochs this run's ``last.pt`` has seen."""
+        """Remove what a killed writer left (temporary checkpoints); a resumed run's ``best.pt`` is its own."""
         for name in ("last.pt", "best.pt"):
             for tmp in remove_stale_temps(self.wdir, name):
-                self._print(f"Removed {tmp.name}, left by a run killed while saving")
-        path = self.save_dir / "results.csv"
-        if self.resume_ckpt is None:
-            path.unlink(missing_ok=True)  # --exist-ok reuses the folder, not the old run's rows
-            return
-        self.best_saved = (self.wdir / "best.pt").exists()
-        if path.exists():
-            # A kill between the CSV row and last.pt leaves a row of an epoch that will be trained again.
-            with path.open(newline="") as f:
-                rows = list(csv.reader(f))
-            kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= self.start_epoch]
-            if len(kept) != len(rows):
-                tmp = path.with_name(f".{path.name}.tmp")
-                with tmp.open("w", newline="") as f:
-                    csv.writer(f).writerows(kept)
-                tmp.replace(path)
+                self._info(f"Removed {tmp.name}, left by a run killed while saving")
+        if self.resume_ckpt is not None:
+            self.best_saved = (self.wdir / "best.pt").exists()
 
     def _write_run_files(self) -> None:
         import yaml
 
-        from efyolo.utils.plotting import plot_labels
-
         args = self.cfg.to_dict()
         (self.save_dir / "args.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
-        if self.resume_ckpt is None:
-            plot_labels(self.train_index.labels, self.names, self.save_dir / "labels.jpg")
 
     # ------------------------------------------------------------------------------- loop
     def train(self) -> TrainResult:
@@ -424,12 +451,15 @@ class Trainer:
         where = f"{self.device}" + (" with AMP" if self.amp else "")
         plan = (f"for {cfg.time * 60:.1f} minutes (first plan {cfg.epochs - self.start_epoch} epochs)" if self.budget
                 else f"{cfg.epochs - self.start_epoch} epochs")
-        self._print(f"Training {plan} at imgsz {cfg.imgsz}, batch {cfg.batch} on {where}; results in {self.save_dir}")
+        self._info(f"Training {plan} at imgsz {cfg.imgsz}, batch {cfg.batch} on {where}; results in {self.save_dir}")
         epoch = self.start_epoch
         while epoch < cfg.epochs:
             t_epoch = time.time()
-            train_losses = self.train_epoch(epoch)
+            self.epoch = epoch
+            train_losses = self.train_losses = self.train_epoch(epoch)
             self.check_finite_state(epoch)
+            if self.dist.is_main:
+                self.callbacks.fire("on_train_epoch_end", self)
             if self.budget is not None:
                 self._replan(epoch, time.time() - t_epoch)
             if self.dist.is_main:
@@ -448,18 +478,19 @@ class Trainer:
                 self.budget.epoch_seconds.append(time.time() - t_epoch)
             self.stop = bool(ddp.broadcast_object(self.stop))
             if self.stop:
-                self._print(f"Stopping early: no improvement for {cfg.patience} epochs")
+                self._info(f"Stopping early: no improvement for {cfg.patience} epochs")
                 break
             epoch += 1
         epoch = min(epoch, cfg.epochs - 1)
         result = TrainResult(self.save_dir, self.wdir / "best.pt", self.wdir / "last.pt", {}, epoch + 1)
         if self.dist.is_main:
-            result.metrics = self.final_validation()
-            self._print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 60:.1f} minutes")
+            result.metrics = self.final_metrics = self.final_validation()
+            self.callbacks.fire("on_train_end", self)
+            self._info(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 60:.1f} minutes")
             budget_note = self._budget_note()
             if budget_note:
-                self._print(budget_note)
-            self._print(self.next_steps())
+                self._info(budget_note)
+            self._info(self.next_steps())
         ddp.barrier()
         return result
 
@@ -497,7 +528,7 @@ class Trainer:
         epochs = epoch + 1 if self.out_of_time else self.budget.plan(epoch + 1, train_seconds, self.cfg.epochs)
         epochs = int(ddp.broadcast_object(epochs))
         if epochs != self.cfg.epochs:
-            self._print(f"Time budget {self.cfg.time * 60:.1f} min, {self.budget.elapsed() / 60:.1f} used: "
+            self._info(f"Time budget {self.cfg.time * 60:.1f} min, {self.budget.elapsed() / 60:.1f} used: "
                         f"{epochs} epochs in all (was {self.cfg.epochs}; "
                         f"~{self.budget.seconds_per_epoch(train_seconds):.0f} s per epoch)")
             self.cfg.epochs = epochs
@@ -516,7 +547,7 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic and self.train_set.mosaic:
             self.train_set.close_mosaic()
-            self._print("Closing mosaic for the last epochs")
+            self._info("Closing mosaic for the last epochs")
         loader = self.train_loader
         loader.generator.manual_seed(cfg.seed + epoch)  # the epoch's order depends on the epoch only
         if self.dist.enabled:
@@ -563,7 +594,7 @@ class Trainer:
                 self.out_of_time = True
                 self.stopped_in_epoch = (epoch, i + 1, self.nb)
                 bar.close()
-                self._print(f"Time budget reached after {i + 1}/{self.nb} batches of epoch {epoch + 1}: "
+                self._info(f"Time budget reached after {i + 1}/{self.nb} batches of epoch {epoch + 1}: "
                             "this epoch is the last")
                 break
         return mean_loss.numpy()
@@ -628,22 +659,19 @@ class Trainer:
         )
 
     def record(self, epoch: int, train_losses: np.ndarray, evaluation: Any, elapsed: float) -> None:
-        """Append one row to results.csv, update best fitness and the early-stopping counter."""
+        """The epoch's results row (``epoch_metrics``, fired as ``on_fit_epoch_end``), best fitness
+        and the early-stopping counter."""
         r = evaluation.result if evaluation is not None else None
         val_loss = evaluation.loss if evaluation is not None and evaluation.loss is not None else [float("nan")] * 3
         lrs = [g["lr"] for g in self.optimizer.param_groups][:3]
         lrs += [float("nan")] * (3 - len(lrs))
         metrics = [r.precision, r.recall, r.map50, r.map] if r is not None else [float("nan")] * 4
         row = [epoch + 1, *train_losses.tolist(), *metrics, *list(map(float, val_loss)), *lrs, round(elapsed, 1)]
-        path = self.save_dir / "results.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(RESULT_COLUMNS)
-            writer.writerow([f"{v:.5g}" if isinstance(v, float) else v for v in row])
+        self.epoch_metrics = dict(zip(RESULT_COLUMNS, [float(v) if isinstance(v, (float, np.floating)) else v
+                                                        for v in row]))
+        self.improved = False
         if r is not None:
-            self._print(f"  val: P {r.precision:.3f}  R {r.recall:.3f}  mAP50 {r.map50:.3f}  mAP50-95 {r.map:.3f}")
+            self._info(f"  val: P {r.precision:.3f}  R {r.recall:.3f}  mAP50 {r.map50:.3f}  mAP50-95 {r.map:.3f}")
             self.improved = r.fitness > self.best_fitness
             if self.improved:
                 self.best_fitness, self.epochs_without_improvement = r.fitness, 0
@@ -651,8 +679,7 @@ class Trainer:
                 self.epochs_without_improvement += 1
             if self.cfg.patience and self.epochs_without_improvement >= self.cfg.patience:
                 self.stop = True
-        else:
-            self.improved = False
+        self.callbacks.fire("on_fit_epoch_end", self)
 
     def _payload(self, epoch: int, evaluation: Any) -> dict[str, Any]:
         assert self.ema is not None
@@ -690,31 +717,35 @@ class Trainer:
         if self.improved or not self.best_saved:
             save_checkpoint(payload, self.wdir / "best.pt")
             self.best_saved = True
+        self.callbacks.fire("on_model_save", self)
 
     def final_validation(self) -> dict[str, Any]:
         """Score ``best.pt`` once more with plots and the per-class table; returns its metrics."""
         from efyolo.models.checkpoint import model_from_checkpoint
         from efyolo.evaluation.metrics import format_table
         from efyolo.utils.plotting import save_eval_plots
-        from efyolo.utils.plotting import plot_results
         from efyolo.engine.validator import evaluate, format_speed
 
-        plot_results(self.save_dir / "results.csv", self.save_dir / "results.png")
         model = model_from_checkpoint(self.wdir / "best.pt").to(self.device).eval().fuse()
         evaluation = evaluate(model, self.val_loader, self.names, self.device, self.cfg.conf, self.cfg.iou,
                               self.cfg.max_det, progress=False)
         r = evaluation.result
-        self._print(f"Validating {self.wdir / 'best.pt'}...")
-        self._print(format_table(r, verbose=self.cfg.verbose))
-        self._print(format_speed(evaluation.speed, evaluation.input_shapes))
+        self._info(f"Validating {self.wdir / 'best.pt'}...")
+        self._info(format_table(r, verbose=self.cfg.verbose))
+        self._info(format_speed(evaluation.speed, evaluation.input_shapes))
         save_eval_plots(r, self.save_dir)
-        self._print(f"Final mAP50 {r.map50:.4f}  mAP50-95 {r.map:.4f}  (best.pt, {r.n_images} val images)")
-        self._print(f"Results saved to {self.save_dir}")
+        self._info(f"Final mAP50 {r.map50:.4f}  mAP50-95 {r.map:.4f}  (best.pt, {r.n_images} val images)")
+        self._info(f"Results saved to {self.save_dir}")
         return {**r.to_dict(), "speed": evaluation.speed}
 
 
-def train(**kwargs: Any) -> TrainResult:
+def train(callbacks: Any = (), **kwargs: Any) -> TrainResult:
     """Train a detector from Python with the options of ``efyolo train`` (see :class:`TrainConfig`).
+
+    Args:
+        callbacks: objects with methods named after the events of :mod:`efyolo.training.callbacks`
+            (or ``{event: function}`` mappings), fired after the built-in ones.
+        kwargs: the options; ``quiet=True`` shows only warnings.
 
     Example::
 
@@ -722,7 +753,8 @@ def train(**kwargs: Any) -> TrainResult:
         print(result.metrics["map50"], result.best)
     """
     cfg = TrainConfig.from_kwargs(**kwargs)
+    setup_logging(quiet=cfg.quiet)
     try:
-        return Trainer(cfg).train()
+        return Trainer(cfg, callbacks=callbacks).train()
     finally:
         ddp.cleanup()

@@ -8,7 +8,6 @@ evaluate, then print, plot and save.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from efyolo.data.coco_json import image_id_from_path
+from efyolo.evaluation.coco_results import coco_result_rows, write_coco_results
 from efyolo.evaluation.metrics import DetectionEvaluator, EvalResult
-from efyolo.ops.boxes import scale_boxes, xywhn2xyxy, xyxy2ltwh
+from efyolo.ops.boxes import scale_boxes, xywhn2xyxy
 from efyolo.ops.nms import non_max_suppression
-
-LOGGER = logging.getLogger("efyolo")
+from efyolo.utils.log import LOGGER, setup_logging
 
 
 @dataclass
@@ -112,14 +111,8 @@ def evaluate(
             gt_boxes = xywhn2xyxy(gt[:, 1:], w0, h0) if len(gt) else np.zeros((0, 4))
             evaluator.update(boxes, det[:, 4].numpy(), det[:, 5].numpy().astype(int), gt_boxes,
                              gt[:, 0].astype(int), gt_crowd=is_crowd)
-            if collect_json:
-                image_id = image_id_from_path(path)
-                for box, score, cls in zip(xyxy2ltwh(boxes), det[:, 4].tolist(), det[:, 5].tolist()):
-                    # full precision: rounding scores creates ties that reorder COCO's matching
-                    predictions.append(
-                        {"image_id": image_id, "category_id": int(cls),
-                         "bbox": [float(v) for v in box], "score": float(score)}
-                    )
+            if collect_json:  # full precision: rounding scores creates ties that reorder COCO's matching
+                predictions.extend(coco_result_rows(image_id_from_path(path), boxes, det[:, 4], det[:, 5]))
         n_images += len(paths)
     speed = dict(zip(("preprocess", "inference", "nms"), (times * 1e3 / max(n_images, 1)).tolist()))
     loss = loss_sum / max(len(dataloader), 1) if loss_sum is not None else None
@@ -161,8 +154,8 @@ def validate_model(
     plots: bool = True,
     verbose: bool = False,
     cache: bool = True,
-    log: Any = None,
     rect: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """``efyolo val --weights``: evaluate a checkpoint (or an exported model) on a split of a dataset.
 
@@ -176,12 +169,12 @@ def validate_model(
     Args:
         imgsz: the inference size (default: the size the checkpoint was trained or exported at,
             else 640).
+        quiet: log only warnings (the summary, table and speed lines are INFO messages on the
+            ``efyolo`` logger).
 
     Returns:
         The metrics as a dict (``EvalResult.to_dict()`` plus ``speed``, ``imgsz`` and ``save_dir``).
     """
-    import sys
-
     from efyolo.data.config import load_data_config
     from efyolo.data.scan import scan_split
     from efyolo.data.dataset import DetectionDataset, build_dataloader
@@ -189,11 +182,15 @@ def validate_model(
     from efyolo.evaluation.metrics import format_table
     from efyolo.runtime.pytorch import PyTorchBackend
     from efyolo.runtime.autobackend import load_backend
+    from efyolo.utils.log import quiet as quiet_log
     from efyolo.utils.runs import increment_path
     from efyolo.utils.devices import select_device
     from efyolo.errors import EfyoloError
 
-    out = log or sys.stdout
+    if quiet:
+        with quiet_log():
+            return validate_model(weights, data, imgsz, batch, conf, iou, max_det, device, split, workers, half,
+                                  project, name, exist_ok, save_json, plots, verbose, cache, rect)
     check_inference_options(conf=conf, iou=iou, batch=batch, max_det=max_det, workers=workers)
     dev = select_device(device)
     if isinstance(weights, nn.Module):
@@ -215,7 +212,7 @@ def validate_model(
                        "model's; export without --nms to validate")
     cfg = load_data_config(data)
     index = scan_split(cfg, split, cache=cache)
-    print(index.summary(), file=out)
+    LOGGER.info(index.summary())
     check_split_usable(index, cfg.yaml_path)
     names = list(cfg.names)
     if backend.names and len(backend.names) != len(names):
@@ -229,20 +226,26 @@ def validate_model(
     loader = build_dataloader(dataset, batch, workers, shuffle=False)
     evaluation = evaluate(backend, loader, names, dev, conf, iou, max_det, half=backend.fp16, collect_json=save_json)
     result = evaluation.result
-    print(format_table(result, verbose=verbose), file=out)
-    print(format_speed(evaluation.speed, evaluation.input_shapes), file=out)
+    LOGGER.info(format_table(result, verbose=verbose))
+    LOGGER.info(format_speed(evaluation.speed, evaluation.input_shapes))
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     metrics = {**result.to_dict(), "speed": evaluation.speed, "imgsz": imgsz, "rect": rect,
                "save_dir": str(save_dir), "data": str(data), "split": split}
     (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if save_json:
-        (save_dir / "predictions.json").write_text(json.dumps(evaluation.predictions))
+        write_coco_results(save_dir / "predictions.json", evaluation.predictions)
     if plots:
         from efyolo.utils.plotting import save_eval_plots
 
         save_eval_plots(result, save_dir)
-    print(f"Results saved to {save_dir}", file=out)
+    LOGGER.info(f"Results saved to {save_dir}")
     return metrics
+
+
+def val(weights: str | Path | nn.Module, data: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """``efyolo.val(...)``: :func:`validate_model` as an entry point (shows its INFO lines unless ``quiet``)."""
+    setup_logging(quiet=bool(kwargs.get("quiet", False)))
+    return validate_model(weights, data, **kwargs)
 
 
 def check_split_usable(index: Any, data: str | Path) -> None:

@@ -6,6 +6,9 @@ stem is all digits, see :func:`efyolo.data.coco_json.image_id_from_path`) and ``
 index. Entries for images that are not in the split, or with a class index outside ``[0, nc)``,
 are skipped with a warning and counted; a malformed file or entry is an
 :class:`~efyolo.errors.EfyoloError` naming the file and the entry.
+
+Rows are made in one place, :func:`coco_result_rows` (full precision), and files written by
+:func:`write_coco_results`, for the validator's and ``efyolo detect``'s ``predictions.json`` alike.
 """
 
 from __future__ import annotations
@@ -171,26 +174,40 @@ def _id_order(key: int | str) -> tuple[int, Any]:
     return (0, key) if isinstance(key, int) else (1, key)
 
 
-def write_coco_results(
-    path: str | Path,
-    image_ids: list[int | str],
-    boxes: list[np.ndarray],
-    scores: list[np.ndarray],
-    labels: list[np.ndarray],
-) -> None:
-    """Write per-image detections (xyxy pixel boxes) as a COCO results file.
+def coco_result_rows(
+    image_id: int | str,
+    boxes_xyxy: Any,
+    scores: Any,
+    labels: Any,
+) -> list[dict[str, Any]]:
+    """The COCO-results rows of one image's detections: the one place such rows are made.
+
+    ``{"image_id": image_id, "category_id": int class index, "bbox": [x, y, w, h], "score"}``,
+    one row per box in the given order. Values keep full precision (Python floats of the inputs;
+    JSON writes them exactly): rounding scores would create ties that reorder COCO's
+    greedy score-ordered matching, and rounded boxes would shift IoUs at the thresholds, so a
+    written file would not score as the detections it came from.
 
     Args:
-        path: output JSON.
-        image_ids: one id per image (see :func:`efyolo.data.coco_json.image_id_from_path`).
-        boxes, scores, labels: per image, ``[n, 4]`` xyxy, ``[n]``, ``[n]`` (arrays or tensors).
+        image_id: the image's id (see :func:`efyolo.data.coco_json.image_id_from_path`).
+        boxes_xyxy: ``[n, 4]`` ``xyxy`` pixel boxes (array, tensor or nested lists).
+        scores: ``[n]`` confidences.
+        labels: ``[n]`` class indices (``category_id``).
     """
-    out = []
-    for image_id, b, s, c in zip(image_ids, boxes, scores, labels):
-        ltwh = xyxy2ltwh(np.asarray(b, dtype=np.float64).reshape(-1, 4))
-        for box, score, cls in zip(ltwh.tolist(), np.asarray(s).tolist(), np.asarray(c).tolist()):
-            out.append({
-                "image_id": image_id, "category_id": int(cls),
-                "bbox": [round(v, 3) for v in box], "score": round(float(score), 5),
-            })
-    write_json_atomic(Path(path), out)
+    ltwh = xyxy2ltwh(np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4))
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if not len(ltwh) == len(scores) == len(labels):
+        raise ValueError(f"{len(ltwh)} boxes, {len(scores)} scores and {len(labels)} labels for image {image_id!r}")
+    return [
+        {"image_id": image_id, "category_id": int(c), "bbox": box, "score": score}
+        for box, score, c in zip(ltwh.tolist(), scores.tolist(), labels.tolist())
+    ]
+
+
+def write_coco_results(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows of :func:`coco_result_rows` as a COCO results file (atomically: a temporary file
+    next to ``path`` renamed into place, so a reader never sees half a file); returns the path."""
+    path = Path(path)
+    write_json_atomic(path, rows)
+    return path

@@ -119,6 +119,9 @@ class TrainConfig:
         max_det, conf, iou: validation NMS settings.
         verbose: per-class table at the end.
         synth: parameters of the synthetic dataset when ``data`` is None.
+        tensorboard: write TensorBoard event files into the run folder (when the ``tensorboard``
+            package is installed: ``pip install "efyolo[loggers]"``).
+        quiet: show only warnings (the CLI's ``--quiet``).
     """
 
     data: str | None = None
@@ -154,6 +157,8 @@ class TrainConfig:
     max_det: int = 300
     verbose: bool = False
     synth: dict = field(default_factory=dict)
+    tensorboard: bool = True
+    quiet: bool = False
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "TrainConfig":
@@ -163,6 +168,7 @@ class TrainConfig:
         if unknown:
             raise EfyoloError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
         given = {k: v for k, v in kwargs.items() if v is not None}
+        applied: dict[str, Any] = {}
         if given.get("data") is None and not given.get("resume"):
             explicit_epochs = "epochs" in given
             own_lr0 = "lr0" in read_hyp_overrides(given.get("hyp"))  # checks the user's hyp now
@@ -171,13 +177,28 @@ class TrainConfig:
                     continue  # an explicit epoch count is not re-planned
                 if key == "lr0" and own_lr0:
                     continue  # the user's --hyp sets lr0: it wins over the demo's
-                given.setdefault(key, value)
+                if key not in given:
+                    given[key] = applied[key] = value
         hours = given.get("time")
         if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
             raise EfyoloError(f"time must be a positive number of hours, got {given['time']!r}")
         if given.get("autoanchor", "check") not in AUTOANCHOR_MODES:
             raise EfyoloError(f"autoanchor must be one of {AUTOANCHOR_MODES}, got {given['autoanchor']!r}")
-        return cls(**given)
+        cfg = cls(**given)
+        cfg.demo_applied = applied  # not a field: what the trainer tells the user it chose for them
+        return cfg
+
+    def demo_note(self) -> str:
+        """The line that says which demo settings a run without ``data`` got ("" when none were applied)."""
+        applied = {k: v for k, v in getattr(self, "demo_applied", {}).items() if k != "synth"}
+        if not applied:
+            return ""
+        if set(applied) == set(DEMO_DEFAULTS) - {"synth"}:  # nothing of the recipe set by the user
+            return ("No --data: the demo (the built-in synthetic dataset with the demo's recipe; "
+                    "see docs/demo.md)")
+        settings = ", ".join(f"{k} {v}" for k, v in applied.items())
+        return (f"No --data: the built-in synthetic dataset, with the demo's settings for what you did not set: "
+                f"{settings} (set them, or pass --data, to change)")
 
     def validate(self) -> None:
         """Check every option before any work (no run folder, no dataset scan): one clear error each."""

@@ -1,43 +1,127 @@
-"""Evaluation plots: PR curve, F1/P/R-versus-confidence curves, confusion matrix (PNG files).
+"""Plots and drawings: evaluation plots, detections drawn on images, training plots.
 
-Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), without
-pyplot: nothing global changes (no backend switch, no figure registry), it works without a
-display, and matplotlib is imported only when a plot is made.
+Three parts:
+
+* **Evaluation plots** (PNG): the precision-recall curve, F1/precision/recall against
+  confidence and the confusion matrix of an evaluation result (:func:`save_eval_plots` writes
+  them all; :class:`EvalResultLike` lists what they read from the result).
+* **Drawing detections** (OpenCV, on ``uint8`` BGR arrays): stable class colours, line width and
+  label sizes that follow the image size, :func:`draw_detections` and :func:`crop_box`.
+* **Training plots**: :func:`plot_results` (``results.csv`` -> ``results.png``) and
+  :func:`plot_labels` (a split's labels -> ``labels.jpg``).
+
+Each plot has a ``*_figure`` function that returns a matplotlib :class:`~matplotlib.figure.Figure`
+and a ``plot_*`` function that saves it and returns the file's path. Figures are made as
+``Figure`` objects directly, never through pyplot: nothing global changes (no backend switch, no
+figure registry, the caller's backend and open figures are left alone), it works without a
+display, and matplotlib is imported only when a plot is made, so importing this module costs
+numpy and OpenCV only. ``Figure.savefig`` picks the Agg canvas for PNG/JPEG by itself.
 """
 
 from __future__ import annotations
 
 import colorsys
-from typing import Sequence
-import cv2
-import numpy as np
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from typing import Any
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-from efyolo.evaluation.metrics import EvalResult
+def _figure(size: tuple[float, float], dpi: float) -> Figure:
+    """A new figure of ``size`` inches that saves at ``dpi`` (so ``size * dpi`` pixels), tight layout."""
+    from matplotlib.figure import Figure
 
+    return Figure(figsize=size, dpi=dpi, layout="tight")
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) at the figure's dpi, then release its artists."""
+    path = Path(path)
+    fig.savefig(path, dpi=fig.dpi)
+    fig.clear()  # nothing else holds it (no figure registry); clearing frees the artists at once
+    return path
+
+
+# ---- evaluation plots
+
+_EVAL_DPI = 150
 _MAX_LEGEND = 20  # per-class lines are drawn without a legend above this many classes
 
 
-def _figure(size: tuple[float, float]) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+class CurvesLike(Protocol):
+    """The curves the evaluation plots read (:class:`efyolo.evaluation.metrics.Curves` has them)."""
 
-    fig = Figure(figsize=size, tight_layout=True)
-    FigureCanvasAgg(fig)
-    return fig
+    @property
+    def conf(self) -> np.ndarray:
+        """``[K]`` confidence thresholds, the x of the F1/P/R curves."""
+
+    @property
+    def precision(self) -> np.ndarray:
+        """``[nc, K]`` precision per class at each threshold."""
+
+    @property
+    def recall(self) -> np.ndarray:
+        """``[nc, K]`` recall per class at each threshold."""
+
+    @property
+    def f1(self) -> np.ndarray:
+        """``[nc, K]`` F1 per class at each threshold."""
+
+    @property
+    def pr_recall(self) -> np.ndarray:
+        """``[R]`` recall points of the precision-recall curve."""
+
+    @property
+    def pr_precision(self) -> np.ndarray:
+        """``[nc, R]`` interpolated precision per class at those recall points (IoU 0.5)."""
 
 
-def plot_pr_curve(result: EvalResult, path: str | Path) -> Path:
+class EvalResultLike(Protocol):
+    """What the evaluation plots read from a result: :class:`efyolo.evaluation.metrics.EvalResult`
+    has it all. (Typed structurally so that ``utils`` need not import ``evaluation``.)"""
+
+    @property
+    def names(self) -> Sequence[str]:
+        """The ``nc`` class names."""
+
+    @property
+    def instances(self) -> np.ndarray:
+        """``[nc]`` ground-truth boxes per class; classes with none are left out of the curves."""
+
+    @property
+    def ap50(self) -> np.ndarray:
+        """``[nc]`` AP at IoU 0.5 per class (in the PR curve's legend)."""
+
+    @property
+    def map50(self) -> float:
+        """mAP at IoU 0.5 (in the PR curve's legend)."""
+
+    @property
+    def conf_max_f1(self) -> float:
+        """The confidence where the mean F1 peaks (in the F1/P/R curves' legend)."""
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        """``[nc + 1, nc + 1]`` counts, rows predicted, columns true, last row/column background."""
+
+    @property
+    def curves(self) -> CurvesLike:
+        """The curves, see :class:`CurvesLike`."""
+
+
+def pr_curve_figure(result: EvalResultLike) -> Figure:
     """Precision-recall curve at IoU 0.5 (COCO's interpolated 101-point precision) per class and
     the mean over classes with ground truth."""
     curves, names = result.curves, result.names
     valid = result.instances > 0
-    fig = _figure((9, 6))
+    fig = _figure((9, 6), _EVAL_DPI)
     ax = fig.add_subplot()
     show = valid.sum() <= _MAX_LEGEND
     for k in np.flatnonzero(valid):
@@ -47,16 +131,16 @@ def plot_pr_curve(result: EvalResult, path: str | Path) -> Path:
         mean = curves.pr_precision[valid].mean(axis=0)
         ax.plot(curves.pr_recall, mean, linewidth=3, color="blue", label=f"all classes {result.map50:.3f} mAP@0.5")
     _finish(ax, "Recall", "Precision", "Precision-Recall Curve")
-    return _save(fig, path)
+    return fig
 
 
-def plot_metric_curve(result: EvalResult, which: str, path: str | Path) -> Path:
+def metric_curve_figure(result: EvalResultLike, which: str) -> Figure:
     """``which`` in ``{"f1", "precision", "recall"}`` against confidence, per class and mean."""
     curves, names = result.curves, result.names
     y = {"f1": curves.f1, "precision": curves.precision, "recall": curves.recall}[which]
     ylabel = {"f1": "F1", "precision": "Precision", "recall": "Recall"}[which]
     valid = result.instances > 0
-    fig = _figure((9, 6))
+    fig = _figure((9, 6), _EVAL_DPI)
     ax = fig.add_subplot()
     show = valid.sum() <= _MAX_LEGEND
     for k in np.flatnonzero(valid):
@@ -67,10 +151,10 @@ def plot_metric_curve(result: EvalResult, which: str, path: str | Path) -> Path:
         ax.plot(curves.conf, mean, linewidth=3, color="blue",
                 label=f"all classes {mean[i]:.2f} at {result.conf_max_f1:.3f}")
     _finish(ax, "Confidence", ylabel, f"{ylabel}-Confidence Curve")
-    return _save(fig, path)
+    return fig
 
 
-def plot_confusion_matrix(result: EvalResult, path: str | Path, normalize: bool = True) -> Path:
+def confusion_matrix_figure(result: EvalResultLike, normalize: bool = True) -> Figure:
     """The confusion matrix (rows predicted, columns true, last row/column background),
     columns normalised to sum to 1 when ``normalize``."""
     m = result.confusion_matrix.astype(float)
@@ -78,7 +162,7 @@ def plot_confusion_matrix(result: EvalResult, path: str | Path, normalize: bool 
         m = m / np.maximum(m.sum(axis=0, keepdims=True), 1e-9)
     labels: Sequence[str] = [*result.names, "background"]
     n = len(labels)
-    fig = _figure((max(6, 0.35 * n + 3), max(5, 0.3 * n + 2.5)))
+    fig = _figure((max(6, 0.35 * n + 3), max(5, 0.3 * n + 2.5)), _EVAL_DPI)
     ax = fig.add_subplot()
     im = ax.imshow(np.where(m > 0.005, m, np.nan), cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -92,12 +176,31 @@ def plot_confusion_matrix(result: EvalResult, path: str | Path, normalize: bool 
     ax.set_xlabel("True")
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion Matrix" + (" (normalised by true class)" if normalize else ""))
-    return _save(fig, path)
+    return fig
 
 
-def save_eval_plots(result: EvalResult, out_dir: str | Path) -> list[Path]:
-    """All evaluation plots into ``out_dir``: ``PR_curve.png``, ``F1_curve.png``,
-    ``P_curve.png``, ``R_curve.png``, ``confusion_matrix.png``."""
+def plot_pr_curve(result: EvalResultLike, path: str | Path) -> Path:
+    """Save :func:`pr_curve_figure` to ``path`` (1350x900 px); returns ``path``."""
+    return _save(pr_curve_figure(result), path)
+
+
+def plot_metric_curve(result: EvalResultLike, which: str, path: str | Path) -> Path:
+    """Save :func:`metric_curve_figure` to ``path`` (1350x900 px); returns ``path``."""
+    return _save(metric_curve_figure(result, which), path)
+
+
+def plot_confusion_matrix(result: EvalResultLike, path: str | Path, normalize: bool = True) -> Path:
+    """Save :func:`confusion_matrix_figure` to ``path``; returns ``path``."""
+    return _save(confusion_matrix_figure(result, normalize), path)
+
+
+def save_eval_plots(result: EvalResultLike, out_dir: str | Path) -> list[Path]:
+    """All evaluation plots into ``out_dir`` (made if missing): ``PR_curve.png``, ``F1_curve.png``,
+    ``P_curve.png``, ``R_curve.png``, ``confusion_matrix.png``; returns their paths in that order.
+
+    ``result`` is an :class:`efyolo.evaluation.metrics.EvalResult` or anything with the
+    attributes of :class:`EvalResultLike`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
@@ -117,12 +220,6 @@ def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left", fontsize=8)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=150)
-    return path
 
 
 # ---- drawing detections (OpenCV)
@@ -265,17 +362,13 @@ def crop_box(img: np.ndarray, box: Sequence[float], gain: float = 1.02, pad: int
 
 # ---- training plots
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+_RESULTS_DPI = 120
+_LABELS_DPI = 100
 
 
-def plot_results(csv_path: str | Path, out: str | Path) -> Path | None:
-    """One panel per column of ``results.csv`` (but ``epoch`` and ``time``), against the epoch."""
+def results_figure(csv_path: str | Path) -> Figure | None:
+    """One panel per column of ``results.csv`` (but ``epoch``, ``time`` and ``lr/*``), against the
+    epoch, five panels a row; ``None`` when the file is missing or has no rows or nothing to plot."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
         return None
@@ -284,39 +377,54 @@ def plot_results(csv_path: str | Path, out: str | Path) -> Path | None:
     if not rows:
         return None
     columns = [c for c in rows[0] if c not in ("epoch", "time") and not c.startswith("lr/")]
+    if not columns:
+        return None
     epochs = [int(r["epoch"]) for r in rows]
-    plt = _pyplot()
     ncols = 5
     nrows = math.ceil(len(columns) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), tight_layout=True)
-    for ax, col in zip(np.ravel(axes), columns):
+    fig = _figure((3.2 * ncols, 2.8 * nrows), _RESULTS_DPI)
+    axes = np.ravel(fig.subplots(nrows, ncols))
+    for ax, col in zip(axes, columns):
         values = [float(r[col]) for r in rows]
         ax.plot(epochs, values, marker=".", linewidth=1.5)
         ax.set_title(col, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
-    for ax in np.ravel(axes)[len(columns):]:
+    for ax in axes[len(columns):]:
         ax.axis("off")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    return fig
 
 
-def plot_labels(labels: Sequence[np.ndarray], names: Sequence[str], out: str | Path) -> Path:
-    """Class histogram, box centres and box sizes (normalised) of a split's labels."""
-    rows = np.concatenate([lb for lb in labels if len(lb)], 0) if any(len(lb) for lb in labels) else np.zeros((0, 5))
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), tight_layout=True)
+def labels_figure(labels: Sequence[np.ndarray], names: Sequence[str]) -> Figure:
+    """Class histogram, box centres and box sizes (normalised) of a split's labels.
+
+    ``labels`` holds one ``[n, 5]`` array of ``class x y w h`` rows (normalised ``xywh``) per image.
+    """
+    boxes = [lb for lb in labels if len(lb)]
+    rows = np.concatenate(boxes, 0) if boxes else np.zeros((0, 5))
+    fig = _figure((12, 4), _LABELS_DPI)
+    axes = fig.subplots(1, 3)
     counts = np.bincount(rows[:, 0].astype(int), minlength=len(names)) if len(rows) else np.zeros(len(names))
     axes[0].bar(range(len(names)), counts, color="tab:blue")
     axes[0].set_xticks(range(len(names)), [str(n) for n in names], rotation=90 if len(names) > 10 else 0, fontsize=8)
     axes[0].set_ylabel("instances")
-    axes[1].hist2d(rows[:, 1], rows[:, 2], bins=40, range=[[0, 1], [0, 1]], cmap="Blues") if len(rows) else None
+    if len(rows):
+        axes[1].hist2d(rows[:, 1], rows[:, 2], bins=40, range=[[0, 1], [0, 1]], cmap="Blues")
+        axes[2].hist2d(rows[:, 3], rows[:, 4], bins=40, range=[[0, 1], [0, 1]], cmap="Blues")
     axes[1].set_xlabel("x")
     axes[1].set_ylabel("y")
-    axes[2].hist2d(rows[:, 3], rows[:, 4], bins=40, range=[[0, 1], [0, 1]], cmap="Blues") if len(rows) else None
     axes[2].set_xlabel("width")
     axes[2].set_ylabel("height")
     fig.suptitle(f"{len(rows)} labels in {len(labels)} images")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    return fig
+
+
+def plot_results(csv_path: str | Path, out: str | Path) -> Path | None:
+    """Save :func:`results_figure` to ``out`` (``results.png``); returns ``out``, or ``None`` (and
+    writes nothing) when there is nothing to plot."""
+    fig = results_figure(csv_path)
+    return None if fig is None else _save(fig, out)
+
+
+def plot_labels(labels: Sequence[np.ndarray], names: Sequence[str], out: str | Path) -> Path:
+    """Save :func:`labels_figure` to ``out`` (``labels.jpg``, 1200x400 px); returns ``out``."""
+    return _save(labels_figure(labels, names), out)
