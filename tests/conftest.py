@@ -18,3 +18,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """Each test starts as a fresh process would: the efyolo logger unconfigured (an entry point
+    called by an earlier test must not make a later test's library calls print)."""
+    from efyolo.utils.log import reset_logging
+
+    reset_logging()
+    yield
+    reset_logging()

@@ -31,11 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from efyolo.engine.profiler import ZOO, format_table, parse_imgsz, profile_model
+    from efyolo.engine.profiler import ZOO, format_table, profile_model
+    from efyolo.utils.checks import check_imgsz
     from efyolo.utils.devices import select_device
 
     names = [n for item in (args.model or ZOO) for n in item.split(",") if n]
-    imgsz = parse_imgsz(args.imgsz)
+    imgsz = check_imgsz(args.imgsz, 32)
     device = select_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,7 +17,6 @@ A sample is ``(image, labels, path, shapes)``:
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
@@ -29,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from efyolo.data.augment import letterbox, letterbox_labels, resize_long_side, train_sample
 from efyolo.data.split import SplitIndex
 from efyolo.ops.boxes import xywhn2xyxy, xyxy2xywhn
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 
 
 def rect_batch_shapes(shapes_hw: np.ndarray, batch_size: int, imgsz: int, stride: int, pad: float = 0.5):

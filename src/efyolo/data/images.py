@@ -23,7 +23,6 @@ inference both come from it.
 from __future__ import annotations
 
 import io
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from efyolo.errors import EfyoloError
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 # The one list of still-image suffixes (lower case, with the dot, as ``Path.suffix``), for dataset
 # listing and inference sources alike: formats that both OpenCV (which decodes them) and PIL (which
 # the dataset scan verifies with) read as 8-bit images. Not ".pfm": OpenCV decodes a float map to

@@ -34,7 +34,6 @@ container reports is used as far as it reads, with a warning ("read N of M frame
 from __future__ import annotations
 
 import glob
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -48,8 +47,8 @@ from PIL import Image
 
 from efyolo.data.images import IMAGE_SUFFIXES, apply_orientation, exif_orientation
 from efyolo.errors import EfyoloError
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 
 VIDEO_SUFFIXES = frozenset(
     {".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv", ".webm"}

@@ -11,7 +11,6 @@ folder that cannot be written simply gets no cache.
 from __future__ import annotations
 import contextlib
 import hashlib
-import logging
 import os
 import tempfile
 import zipfile
@@ -19,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 import numpy as np
+from efyolo.utils.log import LOGGER
 
 
-LOGGER = logging.getLogger("efyolo")
 
 
 # bump whenever the image or label checks change: a cache keeps the old results and messages.

@@ -231,12 +231,13 @@ def benchmark_models(
     fixed size (EfficientFormer's attention bias becomes a constant).
     """
     from efyolo.runtime.pytorch import PyTorchBackend
-    from efyolo.engine.profiler import count_gflops, parse_imgsz
+    from efyolo.engine.profiler import count_gflops
+    from efyolo.utils.checks import check_imgsz
     from efyolo.export.exporter import prepare_model
     from efyolo.models import build_model
 
     _check_runs(runs, warmup)
-    size = parse_imgsz(list(imgsz) if not isinstance(imgsz, int) else imgsz)
+    size = check_imgsz(list(imgsz) if not isinstance(imgsz, int) else imgsz, 32)
     cpu = torch.device("cpu")
     rows = []
     with torch_threads(threads) as n_threads:

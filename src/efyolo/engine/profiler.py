@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from efyolo.errors import EfyoloError
+from efyolo.utils.checks import check_imgsz
 
 # The model zoo shown by `efyolo profile` without --model and in the README.
 ZOO = (
@@ -41,13 +42,6 @@ class Profile:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_imgsz(imgsz: int | Sequence[int], stride: int = 32) -> tuple[int, int]:
-    """``640`` or ``(h, w)`` -> ``(h, w)``: :func:`efyolo.utils.checks.check_imgsz` (one check for all commands)."""
-    from efyolo.utils.checks import check_imgsz
-
-    return check_imgsz(imgsz, stride)
 
 
 def count_gflops(model: nn.Module, x: torch.Tensor) -> float:
@@ -97,7 +91,7 @@ def profile_model(
 
     if runs < 1 or batch < 1:
         raise EfyoloError(f"runs ({runs}) and batch ({batch}) must be positive")
-    h, w = parse_imgsz(imgsz)
+    h, w = check_imgsz(imgsz, 32)
     label = name or (str(model) if not isinstance(model, nn.Module) else type(model).__name__)
     net = build_model(model) if not isinstance(model, nn.Module) else model
     device = torch.device(device)

@@ -287,7 +287,7 @@ class Trainer:
     def _setup_model(self) -> None:
         from efyolo.training.autoanchor import check_anchors, label_wh_from_dataset
         from efyolo.training.loss import ComputeLoss, scale_loss_gains
-        from efyolo.engine.profiler import parse_imgsz
+        from efyolo.utils.checks import check_imgsz
         from efyolo.models import DetectionModel, build_model
         from efyolo.models.backbone import load_backbone_weights
 
@@ -310,7 +310,7 @@ class Trainer:
             self._info(f"Loaded backbone weights from {cfg.backbone_weights}")
         model.names = self.names
         self.stride = model.max_stride
-        parse_imgsz(cfg.imgsz, self.stride)
+        check_imgsz(cfg.imgsz, self.stride)
         self._freeze(model)
         if self.resume_ckpt is None and cfg.autoanchor != "off":
             wh = label_wh_from_dataset(

@@ -14,7 +14,6 @@ Rows are made in one place, :func:`coco_result_rows` (full precision), and files
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from efyolo.evaluation.metrics import DetectionEvaluator, EvalResult
 from efyolo.errors import EfyoloError
 from efyolo.utils.yaml_io import read_json_file
 from efyolo.ops.boxes import ltwh2xyxy, xywhn2xyxy, xyxy2ltwh
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 
 
 @dataclass

@@ -5,7 +5,7 @@
 
 * AP per class at IoU 0.50:0.05:0.95, mAP50, mAP75, mAP50-95 and AP small/medium/large, equal to
   ``pycocotools.cocoeval.COCOeval`` (``iouType="bbox"``, ``maxDets=100``) up to float rounding,
-  for any input (verified against pycocotools on random cases in ``tests/test_metrics.py``);
+  for any input (verified against pycocotools on random cases in ``tests/evaluation/test_metrics.py``);
 * YOLOv5's precision and recall at the confidence that maximises the mean F1 over classes, the
   curves behind it, and its confusion matrix (IoU 0.45, confidence 0.25).
 

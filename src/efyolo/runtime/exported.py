@@ -20,7 +20,6 @@ everything else from the metadata embedded at export (:mod:`efyolo.export.metada
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,8 +31,8 @@ from efyolo.errors import EfyoloError
 from efyolo.export.metadata import decode, validate
 from efyolo.export.requires import require
 from efyolo.ops.boxes import xyxy2xywh
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 PAD_VALUE = 114 / 255  # letterbox grey, as efyolo.data.augment.PAD_COLOR
 
 

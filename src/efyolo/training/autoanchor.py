@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from efyolo.utils.log import LOGGER
 
-LOGGER = logging.getLogger("efyolo")
 PREFIX = "AutoAnchor: "
 BPR_OK = 0.98  # YOLOv5's threshold: anchors with a BPR above it are kept as they are
 

@@ -1,4 +1,4 @@
-"""NMS, checkpoints, EMA, optimizer groups and LR schedules."""
+"""EMA, optimizer groups, the backbone LR multiplier, Adam betas and LR schedules."""
 
 from __future__ import annotations
 
@@ -9,87 +9,8 @@ import pytest
 import torch
 
 from efyolo import EfyoloError, build_model
-from efyolo.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from efyolo.training.ema import ModelEMA, ema_horizon
 from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
-from efyolo.ops.nms import non_max_suppression
-
-
-def _pred(rows: list[list[float]], nc: int = 2) -> torch.Tensor:
-    """Rows of (xc, yc, w, h, obj, cls0, cls1...) -> [1, N, 5 + nc]."""
-    return torch.tensor(rows, dtype=torch.float32).view(1, -1, 5 + nc)
-
-
-def test_nms_suppresses_overlaps_per_class() -> None:
-    pred = _pred(
-        [
-            [50, 50, 20, 20, 0.9, 0.9, 0.1],  # class 0, score 0.81
-            [51, 51, 20, 20, 0.8, 0.9, 0.1],  # overlaps the first, same class: suppressed
-            [51, 51, 20, 20, 0.8, 0.1, 0.9],  # same place, other class: kept (class-aware)
-            [150, 150, 10, 10, 0.1, 0.9, 0.1],  # below conf
-        ]
-    )
-    (det,) = non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45)
-    assert det.shape == (2, 6)
-    assert det[0].tolist() == pytest.approx([40, 40, 60, 60, 0.81, 0], abs=1e-5)
-    assert det[1, 5] == 1
-    (agnostic,) = non_max_suppression(pred, 0.25, 0.45, agnostic=True)
-    assert agnostic.shape[0] == 1
-    (only1,) = non_max_suppression(pred, 0.25, 0.45, classes=[1])
-    assert only1[:, 5].tolist() == [1.0]
-
-
-def test_nms_multi_label_and_max_det() -> None:
-    pred = _pred([[50, 50, 20, 20, 1.0, 0.6, 0.5]])
-    (det,) = non_max_suppression(pred, 0.25, 0.45, multi_label=True)
-    assert sorted(det[:, 5].tolist()) == [0.0, 1.0]
-    many = _pred([[10 * i + 5, 5, 4, 4, 0.9, 0.9, 0.0] for i in range(20)])
-    (det,) = non_max_suppression(many, 0.25, 0.45, max_det=7)
-    assert det.shape[0] == 7
-    (empty,) = non_max_suppression(torch.zeros(1, 0, 7), 0.25, 0.45)
-    assert empty.shape == (0, 6)
-
-
-def test_checkpoint_round_trip_is_weights_only_safe(tmp_path) -> None:
-    model = build_model("yolov5n", nc=3)
-    path = save_checkpoint(
-        {"model_config": model.yaml, "state_dict": model.state_dict(), "names": ["a", "b", "c"], "imgsz": 64},
-        tmp_path / "w" / "best.pt",
-    )
-    raw = torch.load(path, weights_only=True)  # plain data only
-    assert raw["format"] == "efyolo-checkpoint"
-    restored = model_from_checkpoint(path)
-    assert restored.names == ["a", "b", "c"]
-    for (k, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
-        assert torch.equal(a, b), k
-    assert not list(path.parent.glob(".*.tmp"))  # the temporary file was renamed away
-
-
-def test_bad_weights_files_give_clear_errors(tmp_path) -> None:
-    with pytest.raises(EfyoloError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(EfyoloError, match="junk.pt is not a readable"):
-        load_checkpoint(junk)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"model": {"x": torch.zeros(1)}}, foreign)
-    with pytest.raises(EfyoloError, match="foreign.pt is not an efyolo checkpoint"):
-        load_checkpoint(foreign)
-    truncated = tmp_path / "truncated.pt"
-    model = build_model("yolov5n", nc=1)
-    save_checkpoint({"model_config": model.yaml, "state_dict": model.state_dict()}, truncated)
-    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    with pytest.raises(EfyoloError, match="truncated.pt"):
-        load_checkpoint(truncated)
-
-
-def test_checkpoint_with_wrong_shapes(tmp_path) -> None:
-    model = build_model("yolov5n", nc=3)
-    other = build_model("yolov5s", nc=3)
-    path = save_checkpoint({"model_config": model.yaml, "state_dict": other.state_dict()}, tmp_path / "x.pt")
-    with pytest.raises(EfyoloError, match="do not fit"):
-        model_from_checkpoint(path)
 
 
 def test_ema_follows_model() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "efyolo"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "efyolo"
 
 # Left to right: a layer imports only from its own layer and those after it.
 LAYERS: list[tuple[str, ...]] = [

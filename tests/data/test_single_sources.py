@@ -129,7 +129,7 @@ def test_pfm_is_left_out_by_both(tmp_path: Path) -> None:
 
 def _write_oriented_jpeg(path: Path, orientation: int, w: int = 48, h: int = 24) -> np.ndarray:
     """A JPEG stored ``w x h`` with four flat quadrants, tagged with ``orientation`` (as
-    tests/test_dataset.py's write_image tags them); returns the stored RGB pixels."""
+    tests/data/test_dataset.py's write_image tags them); returns the stored RGB pixels."""
     rgb = np.zeros((h, w, 3), np.uint8)
     rgb[: h // 2, : w // 2] = (250, 20, 20)
     rgb[: h // 2, w // 2:] = (20, 250, 20)

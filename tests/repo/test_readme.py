@@ -17,7 +17,7 @@ import efyolo
 from efyolo.data.synth import generate_dataset
 from efyolo.models.checkpoint import save_checkpoint
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_blocks() -> list[str]:
