@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from efyolo.engine.metrics import DetectionEvaluator
+from efyolo.evaluation.metrics import DetectionEvaluator
 
 NC = 80
 

@@ -228,7 +228,7 @@ def print_table(results: list[dict], imgsz: int) -> None:
         print(f"{threads} thread(s): load average before {rows[0]['load_before']}, after {rows[0]['load_after']}")
     m = machine_info()
     print(f"machine speed: {matmul_gflops():.0f} GFLOP/s (torch float32 2048x2048 matmul, "
-          f"{torch.get_num_threads()} threads; DESIGN.md's day: 158)")
+          f"{torch.get_num_threads()} threads; the reference measurements' day: 158)")
     print(f"{imgsz}x{imgsz}, batch 1, ONNX Runtime {m.get('onnxruntime')} CPU provider; {m['cpu']} "
           f"({m['cores']} cores); torch {m['torch']}")
 

@@ -21,7 +21,7 @@ import time
 import torch
 
 from efyolo.data.synth import default_dataset
-from efyolo.engine.train_config import TrainConfig
+from efyolo.training.config import TrainConfig
 from efyolo.engine.trainer import Trainer
 
 
@@ -80,7 +80,7 @@ def main() -> None:
         from efyolo.engine.benchmark import matmul_gflops
 
         print(f"machine speed: {matmul_gflops():.0f} GFLOP/s (torch float32 2048x2048 matmul, "
-              f"{torch.get_num_threads()} threads; DESIGN.md's day: 158)")
+              f"{torch.get_num_threads()} threads; the reference measurements' day: 158)")
     print(json.dumps(rows))
 
 

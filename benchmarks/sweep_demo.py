@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Overrides of the current demo defaults (efyolo.engine.train_config.DEMO_DEFAULTS); a candidate's
-# "hyp" is merged over the demo's own hyp. Earlier sweeps and their results: README, "The demo".
+# Overrides of the current demo defaults (efyolo.training.config.DEMO_DEFAULTS); a candidate's
+# "hyp" is merged over the demo's own hyp. Earlier sweeps and their results: docs/demo.md.
 V1_DATA = {"max_objects": 12, "clutter": 6.0, "noise": 8.0, "blur_prob": 0.3, "min_contrast": 100.0,
            "jpeg_subsampling": "4:2:0"}
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -54,7 +54,7 @@ def run_one(name: str, overrides: dict[str, Any], device: str, workers: int, thr
     """One `efyolo.train` run in this (child) process; returns its curve and final metrics."""
     import torch
 
-    from efyolo.engine.train_config import DEMO_DEFAULTS
+    from efyolo.training.config import DEMO_DEFAULTS
 
     torch.set_num_threads(threads)
     overrides = dict(overrides)
@@ -117,7 +117,7 @@ def main() -> int:
 
     # Generate every synthetic dataset once, here, before the runs race to the cache.
     from efyolo.data.synth import default_dataset
-    from efyolo.engine.train_config import DEMO_DEFAULTS
+    from efyolo.training.config import DEMO_DEFAULTS
 
     for name in names:
         synth = {**DEMO_DEFAULTS["synth"], **CANDIDATES[name].get("synth", {})}

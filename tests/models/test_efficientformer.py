@@ -20,7 +20,7 @@ from efyolo.models.efficientformer import (
 from efyolo.models.efficientformer_weights import load_efficientformer_weights
 from efyolo.models.registry import BACKBONES
 
-# Published numbers with the classifier heads (snap-research README / DESIGN.md).
+# Published numbers with the classifier heads (the snap-research EfficientFormer README).
 PARAMS_WITH_HEADS = {"l1": 12_289_928, "l3": 31_406_000, "l7": 82_229_328}  # 12.29M, 31.41M, 82.23M
 GMACS_224 = {"l1": 1.30, "l3": 3.93, "l7": 10.17}
 CHANNELS = {"l1": [96, 224, 448], "l3": [128, 320, 512], "l7": [192, 384, 768]}

@@ -75,7 +75,7 @@ def matmul_gflops(size: int = 2048, runs: int = 5) -> float:
     """The machine's float32 matrix-product speed in GFLOP/s (torch, current thread count).
 
     A calibration for benchmark records: the speed of a shared 2-core machine varies between days
-    (DESIGN.md's day: 158 GFLOP/s; 75-107 on 2026-11-28), and latencies from different days
+    (the reference measurements' day: 158 GFLOP/s; 75-107 on 2026-11-28), and latencies from different days
     compare only after scaling by it.
     """
     a, b = torch.randn(size, size), torch.randn(size, size)

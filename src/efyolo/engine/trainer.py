@@ -362,7 +362,7 @@ class Trainer:
         weight_decay = hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
         name = cfg.optimizer
         if name == "auto":
-            # Short schedules learn far better with AdamW (see README, "Small datasets").
+            # Short schedules learn far better with AdamW (see docs/training-on-cpu.md).
             name = "AdamW" if total_iters < 10_000 else "SGD"
         self.optimizer_name = name
         self.lr0, self.lr0_source = self._choose_lr0(name)

@@ -7,7 +7,7 @@ Two registries exist:
   arguments become constructor arguments and what the layer's output channels and stride are.
 * ``BACKBONES``: backbone factories (``efficientformer_l1``, ...). A factory returns an
   ``nn.Module`` with ``forward(x) -> list[Tensor]`` and the declared attributes ``channels``
-  and ``strides`` (see DESIGN.md, "Backbone" contract).
+  and ``strides`` (see docs/architecture.md, "Contracts").
 """
 
 from __future__ import annotations

@@ -15,20 +15,20 @@ from efyolo.errors import EfyoloError
 from efyolo.utils.yaml_io import read_yaml_mapping
 
 # `efyolo train` without --data: the built-in synthetic dataset (rendered at 192 px) and a
-# detector sized for a CPU, for a run of under 10 minutes on 2 cores (README, "The demo").
+# detector sized for a CPU, for a run of under 10 minutes on 2 cores (docs/demo.md).
 # These values replace the generic defaults only for options the user did not set.
 DEMO_DEFAULTS = {
     "model": "yolov5n-efficientformer-l0",
     "imgsz": 192,
     "epochs": 11,  # the first plan; --time re-plans it after every epoch
     # 9.3 minutes in all, so that the run ends within 10 on a 2-core machine of any speed: a faster
-    # machine trains more epochs (see README, "The demo"). Not applied when --epochs is given.
+    # machine trains more epochs (see docs/demo.md). Not applied when --epochs is given.
     "time": 0.155,
     "batch": 8,
     "lr0": 0.003,
     "close_mosaic": 3,
     "autoanchor": "refit",  # YOLOv5's anchors are sized for 640-px COCO, not 192-px images
-    # Measured on the demo (README, "The demo"): YOLOv5 scales the class gain by nc / 80, which
+    # Measured on the demo (docs/demo.md): YOLOv5 scales the class gain by nc / 80, which
     # leaves 6 classes a thirteenth of COCO's class weight, and classes are what a short run learns
     # last; 2-3x the class gain lifts mAP50 by ~0.1-0.15. A final LR of 10% (not 1%) of lr0 keeps
     # the last epochs learning. Adam's second moment over ~100 steps (beta2 0.99, not 0.999) follows
