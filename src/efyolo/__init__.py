@@ -8,6 +8,7 @@ Public API::
     result = efyolo.train(data="data.yaml", model="yolov5s-efficientformer-l1", epochs=50)
     metrics = efyolo.val(result.best, data="data.yaml", imgsz=640)  # efyolo val --weights
     detections = efyolo.Detector(result.best)("image.jpg")
+    onnx_file = efyolo.export.export_model(result.best, format="onnx")  # efyolo export
 
 The names are imported on first use, so ``import efyolo`` (and the ``efyolo`` command's start-up)
 does not load torch, OpenCV or the training stack until they are needed.
@@ -18,7 +19,7 @@ from typing import Any
 from efyolo.errors import EfyoloError
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "train", "val", "__version__"]
+__all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "export", "train", "val", "__version__"]
 
 # public name -> "module" (same attribute name) or "module:attribute"
 _LAZY = {
@@ -27,6 +28,7 @@ _LAZY = {
     "Detector": "efyolo.engine.predictor",
     "train": "efyolo.engine.trainer",
     "val": "efyolo.engine.validator:val",
+    "export": "efyolo.export:",  # the package (efyolo.export.export_model); "module:" means the module itself
 }
 
 
@@ -34,8 +36,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        module, _, attribute = _LAZY[name].partition(":")
-        return getattr(importlib.import_module(module), attribute or name)
+        module, colon, attribute = _LAZY[name].partition(":")
+        imported = importlib.import_module(module)
+        return imported if colon and not attribute else getattr(imported, attribute or name)
     raise AttributeError(f"module 'efyolo' has no attribute {name!r}")
 
 
