@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import random
 import shlex
@@ -97,6 +98,8 @@ class Trainer:
         cfg.validate()
         self.cfg: TrainConfig = copy.deepcopy(cfg)
         self.dist = ddp.dist_info()
+        if not self.dist.is_main:  # under DDP one process speaks; the others only warn
+            LOGGER.setLevel(max(LOGGER.getEffectiveLevel(), logging.WARNING))
         self.callbacks = Callbacks([*default_callbacks(tensorboard=self.cfg.tensorboard), *callbacks])
         # the run's state, set by setup() (None until then)
         self.resume_ckpt: dict[str, Any] | None = None  # last.pt being resumed
