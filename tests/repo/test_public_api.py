@@ -19,7 +19,8 @@ def test_public_names_resolve() -> None:
 
 
 def test_import_is_light() -> None:
-    """``import efyolo`` (and so ``efyolo --help``) loads neither torch nor OpenCV."""
-    code = "import sys, efyolo, efyolo.cli; print('torch' in sys.modules, 'cv2' in sys.modules)"
+    """``import efyolo`` and ``efyolo --help`` (every command's parser) load neither torch nor OpenCV."""
+    code = ("import sys, efyolo, efyolo.cli; efyolo.cli.build_parser(); "
+            "print('torch' in sys.modules, 'cv2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 from efyolo.utils.log import LOGGER
 
 
@@ -39,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     imgsz = check_imgsz(args.imgsz, 32)
     device = select_device(args.device)
     if args.threads:
+        import torch  # lazy: `efyolo --help` loads no torch
+
         torch.set_num_threads(args.threads)
     log = sys.stderr if args.json else sys.stdout
     profiles = []
