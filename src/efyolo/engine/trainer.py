@@ -34,7 +34,7 @@ from efyolo.training.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.utils.devices import select_device
 from efyolo.training.time_budget import TimeBudget
-from efyolo.training.config import TrainConfig, load_hyp, read_hyp_overrides
+from efyolo.training.config import TrainConfig, default_hyp, read_hyp_overrides
 from efyolo.errors import EfyoloError
 from efyolo.utils.files import remove_stale_temps
 from efyolo.utils.log import LOGGER, setup_logging
@@ -108,6 +108,7 @@ class Trainer:
         self.save_dir: Path | None = None  # the run folder, made at the end of setup()
         self.wdir: Path | None = None  # save_dir / "weights"
         self.hyp: dict[str, float] = {}  # hyperparameters in use (lr0: the one really used)
+        self.hyp_overrides: dict[str, float] = {}  # the ones the user set
         self.data_cfg: Any = None  # the dataset YAML, parsed
         self.names: list[str] = []
         self.train_index: Any = None  # scanned splits (efyolo.data.split.SplitIndex)
@@ -165,7 +166,8 @@ class Trainer:
         self.device = self._device()
         ddp.init_distributed(self.dist, self.device)
         self._seed(cfg.seed)
-        self.hyp = load_hyp(cfg.hyp)
+        self.hyp_overrides = read_hyp_overrides(cfg.hyp)  # what the user set (lr0 precedence needs it)
+        self.hyp = {**default_hyp(), **self.hyp_overrides}
         self._load_data()
         self._setup_model()
         self._build_loaders()
@@ -407,9 +409,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.lr0 is not None:
             return float(cfg.lr0), "from the lr0 option"
-        own = read_hyp_overrides(cfg.hyp)
-        if "lr0" in own:
-            return own["lr0"], "from the hyp file"
+        if "lr0" in self.hyp_overrides:
+            return self.hyp_overrides["lr0"], "from the hyp file"
         if cfg.optimizer == "auto" and optimizer == "AdamW":
             return round(0.002 * 5 / (4 + len(self.names)), 6), "(optimizer auto: AdamW's 0.002*5/(4+nc))"
         return float(self.hyp["lr0"]), "(hyp default)"

@@ -189,8 +189,11 @@ def validate_model(
 
     if quiet:
         with quiet_log():
-            return validate_model(weights, data, imgsz, batch, conf, iou, max_det, device, split, workers, half,
-                                  project, name, exist_ok, save_json, plots, verbose, cache, rect)
+            return validate_model(
+                weights, data, imgsz=imgsz, batch=batch, conf=conf, iou=iou, max_det=max_det, device=device,
+                split=split, workers=workers, half=half, project=project, name=name, exist_ok=exist_ok,
+                save_json=save_json, plots=plots, verbose=verbose, cache=cache, rect=rect,
+            )
     check_inference_options(conf=conf, iou=iou, batch=batch, max_det=max_det, workers=workers)
     dev = select_device(device)
     if isinstance(weights, nn.Module):

@@ -202,7 +202,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every option before any work (no run folder, no dataset scan): one clear error each."""
-        from efyolo.utils.checks import MAX_IMGSZ, check_int, check_positive, check_range
+        from efyolo.utils.checks import check_imgsz, check_int, check_positive, check_range
 
         if self.resume:
             return  # the checkpoint's own options are checked when it is loaded
@@ -214,9 +214,7 @@ class TrainConfig:
         check_int("nbs", self.nbs, 1)
         check_int("seed", self.seed, 0)
         check_int("max_det", self.max_det, 1)
-        check_int("imgsz", self.imgsz, 1)
-        if self.imgsz > MAX_IMGSZ:
-            raise EfyoloError(f"imgsz {self.imgsz} is larger than the supported maximum {MAX_IMGSZ} pixels")
+        check_imgsz(check_int("imgsz", self.imgsz, 1), 1)  # the bound now; the stride once the model is built
         if self.lr0 is not None:
             check_positive("lr0", self.lr0)
         check_range("conf", self.conf, 0.0, 1.0)
@@ -248,21 +246,18 @@ def read_hyp_overrides(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, 
         path = Path(hyp)
         source = f"hyperparameter file {path}"
         hyp = read_yaml_mapping(path, "hyperparameter file")
+    from efyolo.utils.checks import check_range
+
     known = default_hyp()
     out: dict[str, float] = {}
     for key, value in hyp.items():
         if key not in known:
             raise EfyoloError(f"{source}: unknown hyperparameter {key!r}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise EfyoloError(f"{source}: hyperparameter {key!r} must be a finite number, got {value!r}")
+        name = f"{source}: hyperparameter {key!r}"
         lo, hi, hi_open = HYP_RANGES.get(key, _NON_NEGATIVE)
-        if key in _POSITIVE_HYP and value <= 0:
-            raise EfyoloError(f"{source}: hyperparameter {key!r} must be above 0, got {value!r}")
-        if value < lo or value > hi or (hi_open and value == hi):
-            upper = "" if hi == math.inf else (f", {hi:g})" if hi_open else f", {hi:g}]")
-            rule = f"in [{lo:g}{upper}" if upper else f"at least {lo:g}"
-            raise EfyoloError(f"{source}: hyperparameter {key!r} must be {rule}, got {value!r}")
-        out[key] = float(value)
+        if key in _POSITIVE_HYP and check_range(name, value, -math.inf) <= 0:  # a finite number, and above 0
+            raise EfyoloError(f"{name} must be above 0, got {value!r}")
+        out[key] = check_range(name, value, lo, hi, hi_open=hi_open)  # a finite number within its range
     return out
 
 
