@@ -56,7 +56,7 @@ from efyolo.engine.profiler import count_gflops
 from efyolo.export.fold import materialize_attention_bias, rewrite_pool_mixers
 from efyolo.export.onnx import export_onnx, simplify_onnx
 from efyolo.models import build_model
-from efyolo.models.efficientformer import Attention
+from efyolo.models.attention_bias import BiasTableAttention
 
 VARIANTS = ("unfused", "fused", "const-bias", "dw-mixer", "slim")
 EF_ONLY = ("const-bias", "dw-mixer")
@@ -71,7 +71,7 @@ def export_variants(name: str, imgsz: int, folder: Path, variants: list[str]) ->
         p.requires_grad_(False)
     x = torch.zeros(1, 3, imgsz, imgsz)
     gflops = count_gflops(model, x)
-    has_attention = any(isinstance(m, Attention) for m in model.modules())
+    has_attention = any(isinstance(m, BiasTableAttention) for m in model.modules())
     paths: dict[str, Path] = {}
     last: Path | None = None  # the previous variant's file
     for variant in VARIANTS[: max(VARIANTS.index(v) for v in variants) + 1]:

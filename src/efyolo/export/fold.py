@@ -41,34 +41,30 @@ def _constant_bias(module: nn.Module, grid: tuple[int, int]) -> Callable[[int, i
 
 @torch.no_grad()
 def materialize_attention_bias(model: nn.Module, imgsz: tuple[int, int]) -> int:
-    """Freeze every EfficientFormer attention bias at the token grid that ``imgsz`` gives, in place.
+    """Freeze every learned attention bias at the token grid that ``imgsz`` gives, in place.
 
-    Runs one forward pass at ``imgsz`` to learn each attention module's grid (no stride is assumed).
+    Runs one forward pass at ``imgsz``; each attention module (a
+    :class:`~efyolo.models.attention_bias.BiasTableAttention`: EfficientFormer V1 and V2, BoT3)
+    remembers the grid it served, so no stride is assumed.
 
     Returns:
         The number of attention modules changed (0 for models without attention).
     """
-    from efyolo.models.efficientformer import Attention
+    from efyolo.models.attention_bias import BiasTableAttention
 
-    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    modules = [m for m in model.modules() if isinstance(m, BiasTableAttention)]
     if not modules:
         return 0
-    grids: dict[nn.Module, tuple[int, int]] = {}
-
-    def record(mod: nn.Module, args: tuple) -> None:  # args = (tokens, (h, w)); returning None keeps them
-        grids[mod] = (int(args[1][0]), int(args[1][1]))
-
-    hooks = [m.register_forward_pre_hook(record) for m in modules]
-    try:
-        p = next(model.parameters())
-        model(torch.zeros(1, 3, *imgsz, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
     for m in modules:
-        grid = grids[m]
-        m.register_buffer("fixed_bias", m.compute_bias(*grid), persistent=False)  # (heads, N, N)
-        m.get_bias = _constant_bias(m, grid)  # instance attribute: shadows Attention.get_bias
+        m.last_grid = None
+    p = next(model.parameters())
+    model(torch.zeros(1, 3, *imgsz, device=p.device, dtype=p.dtype))
+    for m in modules:
+        grid = m.last_grid
+        if grid is None:  # not on the forward path (an unused branch): leave it as it is
+            continue
+        m.register_buffer("fixed_bias", m.compute_bias(*grid), persistent=False)
+        m.get_bias = _constant_bias(m, grid)  # instance attribute: shadows the class's get_bias
     return len(modules)
 
 

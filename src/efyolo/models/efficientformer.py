@@ -13,21 +13,11 @@ stage's ``blocks``, so a timm state dict loads by identity and an official one t
 Attention bias at any input size
 --------------------------------
 Each Meta3D attention learns one bias per head and per absolute token offset ``(|dy|, |dx|)``:
-``attention_biases`` of shape ``[heads, 49]``, i.e. a 7x7 table over offsets 0..6, which is what
-the 224x224 ImageNet checkpoints hold. A detector sees other grids (640x640 -> 20x20 tokens,
-384x640 -> 12x20). We treat the table as resolution-relative, like the position tables of
-ViT/Swin that are resampled when fine-tuning at a higher resolution: for a token grid ``(h, w)``
-the ``[heads, 7, 7]`` table is resampled bicubically with ``align_corners=True`` (offset 0 maps
-onto offset 0, the largest offset onto the largest) to ``[heads, h, w]`` over offsets
-``0..h-1 x 0..w-1``, and the ``[heads, N, N]`` bias is gathered from it with every token pair's
-``(|dy|, |dx|)``. A 7x7 grid uses the table as is (exactly the original model); non-square grids
-work because ``|dy|`` and ``|dx|`` are indexed separately. The alternatives are worse: the official
+``attention_biases`` of shape ``[heads, 49]``, a 7x7 table over offsets 0..6, which is what the
+224x224 ImageNet checkpoints hold. It is resampled to the actual token grid and cached in eval
+mode as :mod:`efyolo.models.attention_bias` explains. The alternatives are worse: the official
 detection code re-creates a fresh 25x25 bias table (discarding the ImageNet biases) and
 interpolates the flattened N x N matrix every forward, and timm's module only runs at 224x224.
-
-In eval mode (with no gradient wanted) the gathered bias is cached per ``(h, w, device, dtype)``
-and recomputed when the table changes (its version counter or storage moved) or on ``train()`` /
-``to()``; in training mode it is recomputed every forward so gradients reach the table.
 """
 
 from __future__ import annotations
@@ -37,10 +27,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efyolo.errors import EfyoloError
+from efyolo.models.attention_bias import BiasTableAttention, offset_index, resample_bias_table
 from efyolo.models.efficientformer_weights import load_efficientformer_weights
 from efyolo.models.registry import BACKBONES
 
@@ -57,37 +47,7 @@ SIZE_DIVISOR = 32  # total stride; every input side must be a multiple of it
 BIAS_RESOLUTION = 7  # side of the learned attention-bias table (224 / 32)
 
 
-def _is_tracing() -> bool:
-    """True while torch.jit.trace, torch.compile or torch.export records the forward."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return torch.jit.is_tracing() or (is_compiling is not None and is_compiling())
-
-
-def offset_index(h: int, w: int, device: torch.device | None = None) -> Tensor:
-    """Index into a flattened ``[h, w]`` offset table for every pair of tokens of an h x w grid.
-
-    Returns:
-        ``LongTensor[N, N]`` (N = h * w, tokens in row-major order) holding ``|dy| * w + |dx|``.
-    """
-    ys = torch.arange(h, device=device).repeat_interleave(w)  # (N,) row of each token
-    xs = torch.arange(w, device=device).repeat(h)  # (N,) column of each token
-    dy = (ys[:, None] - ys[None, :]).abs()
-    dx = (xs[:, None] - xs[None, :]).abs()
-    return dy * w + dx
-
-
-def resample_bias_table(table: Tensor, h: int, w: int) -> Tensor:
-    """Resample a ``[heads, R, R]`` offset table to ``[heads, h, w]`` (see module docstring).
-
-    Bicubic with ``align_corners=True``: offset 0 stays offset 0 and offset R-1 lands on h-1 / w-1.
-    An axis whose size is unchanged is reproduced exactly (integer sample positions).
-    """
-    if table.shape[-2:] == (h, w):
-        return table
-    return F.interpolate(table[None], size=(h, w), mode="bicubic", align_corners=True)[0]
-
-
-class Attention(nn.Module):
+class Attention(BiasTableAttention):
     """Multi-head self-attention with a learned per-head bias over absolute token offsets."""
 
     def __init__(
@@ -108,36 +68,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.val_dim))
         self.proj = nn.Linear(num_heads * self.val_dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
-        self._bias_cache: dict[tuple[Any, ...], tuple[tuple[int, int], Tensor]] = {}
-
-    def train(self, mode: bool = True) -> "Attention":
-        self._bias_cache = {}
-        return super().train(mode)
-
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "Attention":
-        self._bias_cache = {}  # .to(device/dtype) invalidates cached biases
-        return super()._apply(fn, *args, **kwargs)
 
     def compute_bias(self, h: int, w: int) -> Tensor:
         """``[heads, N, N]`` bias for an h x w token grid, differentiable w.r.t. the table."""
         r = self.resolution
         table = resample_bias_table(self.attention_biases.view(-1, r, r), h, w)  # (heads, h, w)
         return table.flatten(1)[:, offset_index(h, w, table.device)]
-
-    def get_bias(self, h: int, w: int, dtype: torch.dtype) -> Tensor:
-        """The bias to add to the attention logits; cached when no gradient can flow to it."""
-        table = self.attention_biases
-        needs_grad = torch.is_grad_enabled() and table.requires_grad
-        if self.training or needs_grad or _is_tracing():
-            return self.compute_bias(h, w).to(dtype)
-        key = (h, w, table.device, dtype)
-        stamp = (table._version, table.data_ptr())  # changes when the table is modified/replaced
-        hit = self._bias_cache.get(key)
-        if hit is None or hit[0] != stamp:
-            with torch.no_grad():
-                hit = (stamp, self.compute_bias(h, w).to(dtype))
-            self._bias_cache[key] = hit
-        return hit[1]
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """Tokens ``[B, N, C]`` of a ``grid = (h, w)`` map (row-major) -> ``[B, N, C]``."""
