@@ -13,9 +13,13 @@ def build_backbone(name: str, weights: str | Path | None = None, **kwargs) -> nn
     """Build a registered backbone, optionally loading ImageNet weights from a local file.
 
     Args:
-        name: a registered name, e.g. ``"efficientformer_l1"`` (see ``efyolo.models.BACKBONES``).
-        weights: a local checkpoint (official or timm layout, ``.pth``/``.pt``/``.safetensors``).
-        **kwargs: passed to the backbone's factory (e.g. ``drop_path_rate``).
+        name: a registered name, e.g. ``"efficientformer_l1"`` (see ``efyolo.models.BACKBONES``), or
+            ``"timm:<model name>"`` for any timm model (``"timm:mobilenetv3_large_100"``; needs
+            ``pip install "efyolo[timm]"``, never downloads weights).
+        weights: a local checkpoint (official or timm layout, ``.pth``/``.pt``/``.safetensors``; for a
+            ``timm:`` name the timm classification model's state dict).
+        **kwargs: passed to the backbone's factory (e.g. ``drop_path_rate``; for ``timm:`` names, to
+            ``timm.create_model``).
 
     Returns:
         An ``nn.Module`` whose ``forward(x: Tensor[B, 3, H, W])`` returns a list of feature maps

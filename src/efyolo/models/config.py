@@ -5,6 +5,8 @@ A model is named either by a built-in name or by a path to a YAML file. Built-in
 * ``yolov5{n,s,m,l,x}``: ``configs/yolov5.yaml`` at one of its ``scales``.
 * ``yolov5{n,s,m,l,x}-<backbone>``: ``configs/yolov5-backbone.yaml`` with any registered backbone,
   its name written with dashes (``yolov5s-efficientformer-l1`` -> ``efficientformer_l1``).
+* ``yolov5{n,s,m,l,x}-timm:<model>``: the same with any timm model, spelled as timm spells it
+  (``yolov5n-timm:mobilenetv3_large_100``; see ``models/timm_backbone.py``).
 
 A variant is the base file plus ``depth_multiple``/``width_multiple`` from its ``scales`` entry,
 not a copy of the file. The resolved config is a plain dict (what checkpoints store).
@@ -25,7 +27,10 @@ from efyolo.errors import EfyoloError
 from efyolo.utils.yaml_io import read_yaml_mapping
 
 CONFIG_DIR = "configs"
-_BUILTIN = re.compile(r"^yolov5(?P<scale>[nsmlx])(?:-(?P<backbone>[a-z0-9_\-]+))?$")
+_BUILTIN = re.compile(
+    r"^yolov5(?P<scale>[nsmlx])(?:-(?:(?P<timm>timm:[A-Za-z0-9_.\-]*)|(?P<backbone>[a-z0-9_\-]+)))?$"
+)
+TIMM_MODEL_NAMES = "yolov5{n,s,m,l,x}-timm:<timm model name>"
 REQUIRED_KEYS = ("backbone", "head")
 
 
@@ -35,7 +40,8 @@ def _read_builtin(filename: str) -> dict[str, Any]:
 
 
 def builtin_model_names() -> list[str]:
-    """Every built-in model name (plain YOLOv5 scales, and each scale with each backbone)."""
+    """Every built-in model name (plain YOLOv5 scales, and each scale with each registered
+    backbone); ``yolov5{n,s,m,l,x}-timm:<model>`` names are not listed (any timm model)."""
     from efyolo.models.registry import BACKBONES
 
     scales = list(_read_builtin("yolov5.yaml")["scales"])
@@ -96,8 +102,8 @@ def load_model_config(name_or_path: str | Path | dict[str, Any], nc: int | None 
             raise EfyoloError(f"model config {text} does not exist")
         else:
             raise EfyoloError(
-                f"unknown model {text!r}: expected a built-in name ({', '.join(builtin_model_names())}) "
-                "or a path to a model YAML"
+                f"unknown model {text!r}: expected a built-in name ({', '.join(builtin_model_names())}, "
+                f"{TIMM_MODEL_NAMES}) or a path to a model YAML"
             )
     for key in REQUIRED_KEYS:
         if key not in cfg:
@@ -114,11 +120,12 @@ def load_model_config(name_or_path: str | Path | dict[str, Any], nc: int | None 
 def _builtin_config(match: re.Match) -> dict[str, Any]:
     from efyolo.models.registry import BACKBONES
 
-    backbone = match.group("backbone")
-    if backbone is None:
+    backbone, timm_name = match.group("backbone"), match.group("timm")
+    if backbone is None and timm_name is None:
         cfg = _read_builtin("yolov5.yaml")
     else:
-        backbone_name = backbone.replace("-", "_")
+        # a timm name keeps timm's spelling; a registered name is written with dashes
+        backbone_name = timm_name if timm_name is not None else backbone.replace("-", "_")
         if backbone_name not in BACKBONES:
             raise EfyoloError(BACKBONES.unknown_message(backbone_name) + f" in model name {match.group(0)!r}")
         cfg = _read_builtin("yolov5-backbone.yaml")
