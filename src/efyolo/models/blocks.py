@@ -3,12 +3,22 @@
 Every block that changes resolution declares it through the ``stride`` attribute (the factor by
 which its output is smaller than its input), so the model builder derives each layer's stride
 from metadata instead of running a dummy forward pass.
+
+Activation: ``Conv(..., act=True)`` uses the block's ``default_act`` factory (``nn.SiLU`` when
+``None``). Every block that makes Convs takes ``default_act`` as a keyword and hands it down, so a
+config's top-level ``activation:`` (YOLOv5's ``Conv.default_act``) reaches every Conv of that one
+model, with no global state: two models with different activations coexist.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+# A zero-argument callable making a fresh activation module (``nn.SiLU``, ``partial(nn.LeakyReLU, 0.1)``).
+ActFactory = Callable[[], nn.Module]
 
 
 def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) -> int | list[int]:
@@ -42,8 +52,18 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def make_act(act: bool | nn.Module, default_act: ActFactory | None = None) -> nn.Module:
+    """``act=True``: a new ``default_act()`` (SiLU if ``None``); a module: itself; else Identity."""
+    if act is True:
+        return default_act() if default_act is not None else nn.SiLU()
+    if isinstance(act, nn.Module):
+        return act
+    return nn.Identity()
+
+
 class Conv(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> SiLU. After :meth:`fuse`, Conv2d (with bias) -> SiLU."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation (SiLU unless ``default_act`` says otherwise).
+    After :meth:`fuse`, Conv2d (with bias) -> activation."""
 
     def __init__(
         self,
@@ -55,17 +75,14 @@ class Conv(nn.Module):
         g: int = 1,
         d: int = 1,
         act: bool | nn.Module = True,
+        *,
+        default_act: ActFactory | None = None,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         # YOLOv5 trains with eps 1e-3 and momentum 0.03 (set in initialize_weights).
         self.bn: nn.Module = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
-        if act is True:
-            self.act: nn.Module = nn.SiLU()
-        elif isinstance(act, nn.Module):
-            self.act = act
-        else:
-            self.act = nn.Identity()
+        self.act: nn.Module = make_act(act, default_act)
         self.stride = s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,16 +97,23 @@ class Conv(nn.Module):
 class DWConv(Conv):
     """Depth-wise convolution: groups = gcd(c1, c2)."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, d: int = 1, act: bool = True) -> None:
-        super().__init__(c1, c2, k, s, g=torch.gcd(torch.tensor(c1), torch.tensor(c2)).item(), d=d, act=act)
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, d: int = 1, act: bool | nn.Module = True,
+        *, default_act: ActFactory | None = None,
+    ) -> None:
+        g = torch.gcd(torch.tensor(c1), torch.tensor(c2)).item()
+        super().__init__(c1, c2, k, s, g=g, d=d, act=act, default_act=default_act)
 
 
 class Focus(nn.Module):
     """Space-to-depth (x[::2, ::2] and its three shifts) then Conv: the pre-v6.0 YOLOv5 stem."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, act: bool = True):
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, act: bool = True,
+        *, default_act: ActFactory | None = None,
+    ):
         super().__init__()
-        self.conv = Conv(c1 * 4, c2, k, s, p, g, act=act)
+        self.conv = Conv(c1 * 4, c2, k, s, p, g, act=act, default_act=default_act)
         self.stride = 2 * s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,11 +125,14 @@ class Focus(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 Conv -> 3x3 Conv, with a residual connection when shapes allow."""
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5) -> None:
+    def __init__(
+        self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5,
+        *, default_act: ActFactory | None = None,
+    ) -> None:
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv2 = Conv(c_, c2, 3, 1, g=g, default_act=default_act)
         self.add = shortcut and c1 == c2
         self.stride = 1
 
@@ -117,16 +144,19 @@ class Bottleneck(nn.Module):
 class BottleneckCSP(nn.Module):
     """The original CSP bottleneck (YOLOv5 before v4.0); kept so old configs load."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+        *, default_act: ActFactory | None = None,
+    ):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
         self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
         self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
-        self.cv4 = Conv(2 * c_, c2, 1, 1)
+        self.cv4 = Conv(2 * c_, c2, 1, 1, default_act=default_act)
         self.bn = nn.BatchNorm2d(2 * c_, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU()
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+        self.act = nn.SiLU()  # YOLOv5's own SiLU here, not Conv's default activation
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, default_act=default_act) for _ in range(n)))
         self.stride = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,14 +168,21 @@ class BottleneckCSP(nn.Module):
 class C3(nn.Module):
     """CSP bottleneck with 3 convolutions: ``cv3(cat(m(cv1(x)), cv2(x)))``."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+        *, default_act: ActFactory | None = None,
+    ):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c1, c_, 1, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv2 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv3 = Conv(2 * c_, c2, 1, default_act=default_act)
+        self.m: nn.Module = self._inner(c_, n, shortcut, g, default_act)
         self.stride = 1
+
+    def _inner(self, c_: int, n: int, shortcut: bool, g: int, default_act: ActFactory | None) -> nn.Module:
+        """The ``n`` blocks between ``cv1`` and ``cv3`` (C3Ghost and C3TR override it)."""
+        return nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, default_act=default_act) for _ in range(n)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
@@ -154,11 +191,13 @@ class C3(nn.Module):
 class SPP(nn.Module):
     """Spatial pyramid pooling with parallel max-pools of kernels ``k`` (YOLOv3-SPP)."""
 
-    def __init__(self, c1: int, c2: int, k: tuple[int, ...] = (5, 9, 13)) -> None:
+    def __init__(
+        self, c1: int, c2: int, k: tuple[int, ...] = (5, 9, 13), *, default_act: ActFactory | None = None
+    ) -> None:
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1, default_act=default_act)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
         self.stride = 1
 
@@ -170,11 +209,11 @@ class SPP(nn.Module):
 class SPPF(nn.Module):
     """Fast SPP: three chained ``k``-max-pools, equal to SPP with kernels (k, 2k-1, 3k-2)."""
 
-    def __init__(self, c1: int, c2: int, k: int = 5) -> None:
+    def __init__(self, c1: int, c2: int, k: int = 5, *, default_act: ActFactory | None = None) -> None:
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1, default_act=default_act)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
         self.stride = 1
 
@@ -183,6 +222,54 @@ class SPPF(nn.Module):
         y1 = self.m(x)
         y2 = self.m(y1)
         return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+class GhostConv(nn.Module):
+    """Ghost convolution (GhostNet, arXiv 1911.11907): half the output channels from a ``k x k`` Conv,
+    the other half from a cheap depth-wise 5x5 Conv of the first half, concatenated."""
+
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, g: int = 1, act: bool | nn.Module = True,
+        *, default_act: ActFactory | None = None,
+    ) -> None:
+        super().__init__()
+        c_ = c2 // 2
+        self.cv1 = Conv(c1, c_, k, s, None, g, act=act, default_act=default_act)
+        self.cv2 = Conv(c_, c_, 5, 1, None, c_, act=act, default_act=default_act)
+        self.stride = s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        primary = self.cv1(x)
+        return torch.cat((primary, self.cv2(primary)), 1)
+
+
+class GhostBottleneck(nn.Module):
+    """GhostNet bottleneck: GhostConv (1x1) -> [depth-wise k x k, stride 2] -> linear GhostConv, plus a
+    shortcut (identity, or depth-wise + linear 1x1 Conv when ``s == 2``)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, *, default_act: ActFactory | None = None) -> None:
+        super().__init__()
+        c_ = c2 // 2
+        down = s == 2
+        self.conv = nn.Sequential(
+            GhostConv(c1, c_, 1, 1, default_act=default_act),
+            DWConv(c_, c_, k, s, act=False) if down else nn.Identity(),
+            GhostConv(c_, c2, 1, 1, act=False),
+        )
+        self.shortcut = (
+            nn.Sequential(DWConv(c1, c1, k, s, act=False), Conv(c1, c2, 1, 1, act=False)) if down else nn.Identity()
+        )
+        self.stride = s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.shortcut(x)
+
+
+class C3Ghost(C3):
+    """C3 whose inner blocks are :class:`GhostBottleneck` (``shortcut`` and ``g`` unused, as in YOLOv5)."""
+
+    def _inner(self, c_: int, n: int, shortcut: bool, g: int, default_act: ActFactory | None) -> nn.Module:
+        return nn.Sequential(*(GhostBottleneck(c_, c_, default_act=default_act) for _ in range(n)))
 
 
 class Concat(nn.Module):

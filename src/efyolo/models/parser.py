@@ -4,18 +4,26 @@ A YAML row ``[from, number, module, args]`` is built by the :class:`LayerSpec` r
 ``module`` in :data:`MODULES`. The spec receives the shapes (channels, stride) of its inputs and
 returns the module together with its own output shape, so channels and strides flow through the
 model from metadata alone: no dummy forward pass, no hard-coded lists.
+
+The config's optional top-level ``activation`` (``nn.LeakyReLU(0.1)``, YOLOv5's way of changing
+every ``Conv``'s activation) is read by :func:`parse_activation` from a small table of allowed
+activations, never ``eval``-ed, and reaches the builders through :class:`BuildContext`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+import torch
 from torch import nn
 
 from efyolo.errors import EfyoloError
-from efyolo.models import blocks
+from efyolo.models import blocks, bottleneck_transformer, transformer
 from efyolo.models.head import Detect
 from efyolo.models.registry import BACKBONES, Registry
 
@@ -26,8 +34,17 @@ Stride = Union[int, list[int]]
 
 @dataclass(frozen=True)
 class Shape:
+    """A layer's output: ``channels`` and ``stride`` (input size / output size).
+
+    ``excess`` (rows, columns) is how much larger than ``(H / stride, W / stride)`` the map is, for an
+    input H x W that is a multiple of the model's stride: ``nn.ZeroPad2d`` makes it non-zero and a
+    following ``nn.MaxPool2d`` may bring it back to zero (yolov3-tiny). Only those two (and
+    ``nn.Identity``) accept an input off the stride grid.
+    """
+
     channels: Channels
     stride: Stride
+    excess: tuple[int, int] = (0, 0)
 
     @property
     def is_multi(self) -> bool:
@@ -42,6 +59,8 @@ class BuildContext:
     depth_multiple: float
     width_multiple: float
     nc: int
+    # Conv's activation where a row does not choose one (the config's 'activation'); None: SiLU.
+    default_act: blocks.ActFactory | None = None
 
     def fail(self, message: str) -> EfyoloError:
         return EfyoloError(f"model layer {self.index}: {message}")
@@ -63,16 +82,105 @@ def make_divisible(x: float, divisor: int = 8) -> int:
     return int(math.ceil(x / divisor) * divisor)
 
 
-def _single_input(inputs: list[Shape], ctx: BuildContext) -> Shape:
+# ---- activation -------------------------------------------------------------------------------
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (nn.SiLU, nn.ReLU, nn.LeakyReLU, nn.Hardswish, nn.ReLU6, nn.GELU, nn.Sigmoid, nn.Identity, nn.Mish)
+}
+
+
+def _dotted_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted_name(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def parse_activation(value: Any, key: str = "activation") -> blocks.ActFactory | None:
+    """The config's ``activation`` string -> a factory of fresh activation modules (``None``: SiLU).
+
+    Accepts ``nn.Name``, ``nn.Name()`` or ``nn.Name(args)`` (also ``torch.nn.Name``, ``Name``) for
+    the activations in :data:`ACTIVATIONS`, arguments as Python literals (``nn.LeakyReLU(0.1)``,
+    ``nn.GELU(approximate='tanh')``). Nothing is evaluated.
+
+    Raises:
+        EfyoloError: an unknown activation, a malformed string or bad arguments, naming the key.
+    """
+    if value is None:
+        return None
+
+    def fail(why: str) -> EfyoloError:
+        allowed = ", ".join(f"nn.{n}" for n in ACTIVATIONS)
+        return EfyoloError(f"model config key {key!r}: {why} in {value!r} (allowed: {allowed})")
+
+    if not isinstance(value, str):
+        raise fail("expected a string such as 'nn.LeakyReLU(0.1)'")
+    try:
+        node = ast.parse(value.strip(), mode="eval").body
+    except SyntaxError:
+        raise fail("not an activation expression") from None
+    call = node if isinstance(node, ast.Call) else None
+    name = _dotted_name(call.func if call else node)
+    if name is None:
+        raise fail("not an activation expression")
+    for prefix in ("torch.nn.", "nn."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    if name not in ACTIVATIONS:
+        raise fail(f"unknown activation {name!r}")
+    cls = ACTIVATIONS[name]
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if call is not None:
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            for kw in call.keywords:
+                if kw.arg is None:
+                    raise ValueError("**kwargs")
+                kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError):
+            raise fail("arguments must be plain literals") from None
+    try:
+        cls(*args, **kwargs)(torch.zeros(2))  # an argument of the wrong type fails only when it runs
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise fail(f"bad arguments for nn.{name} ({err})") from None
+    return functools.partial(cls, *args, **kwargs) if args or kwargs else cls
+
+
+# ---- builders -----------------------------------------------------------------------------------
+
+
+def _single_input(inputs: list[Shape], ctx: BuildContext, off_grid_ok: bool = False) -> Shape:
     if len(inputs) != 1:
         raise ctx.fail(f"expects one input, got {len(inputs)}")
     if inputs[0].is_multi:
         raise ctx.fail("its input is a multi-output layer; pick one output with an Index row first")
+    if inputs[0].excess != (0, 0) and not off_grid_ok:
+        raise ctx.fail(_off_grid_message(inputs[0]))
     return inputs[0]
+
+
+def _off_grid_message(shape: Shape) -> str:
+    rows, cols = shape.excess
+    return (f"its input is {rows} rows and {cols} columns larger than the input size / {shape.stride} "
+            "(after nn.ZeroPad2d); follow the padding with an nn.MaxPool2d that brings it back")
+
+
+def _accepts_default_act(cls: type[nn.Module]) -> bool:
+    try:
+        return "default_act" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _conv_like(cls: type[nn.Module], pass_repeats: bool) -> Builder:
     """Rows whose first argument is the output width: ``[c2, *rest]`` -> ``cls(c1, c2', *rest)``."""
+
+    takes_act = _accepts_default_act(cls)
 
     def build(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
         src = _single_input(inputs, ctx)
@@ -82,8 +190,13 @@ def _conv_like(cls: type[nn.Module], pass_repeats: bool) -> Builder:
         ctor_args = [src.channels, c2, *args[1:]]
         if pass_repeats:
             ctor_args.insert(2, n)
+        kwargs: dict[str, Any] = {}
+        if takes_act:
+            kwargs["default_act"] = ctx.default_act
+        elif ctx.default_act is not None:
+            raise ctx.fail(f"{cls.__name__} does not support the config's 'activation' (no default_act argument)")
         try:
-            module = cls(*ctor_args)
+            module = cls(*ctor_args, **kwargs)
         except TypeError as err:
             raise ctx.fail(f"bad arguments {args} for {cls.__name__}: {err}") from None
         return module, Shape(c2, src.stride * module.stride)
@@ -100,9 +213,54 @@ def _build_upsample(args: list[Any], n: int, inputs: list[Shape], ctx: BuildCont
     return module, Shape(src.channels, src.stride // int(scale))
 
 
+def _pair(value: Any, what: str, ctx: BuildContext) -> tuple[int, int]:
+    """An int or a two-int sequence (PyTorch's ``_pair``) as ``(rows, cols)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ctx.fail(f"nn.MaxPool2d {what} must be an int or two ints, got {value!r}")
+
+
+def _build_maxpool(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
+    """``nn.MaxPool2d(kernel_size, stride=kernel_size, padding=0, dilation=1)``: stride x ``stride``.
+
+    For an input ``m * s + e`` long (``e``: the input's excess), the output is
+    ``m + floor((e + 2p - d(k-1) - 1) / s) + 1`` long: on the stride grid when that offset is 0.
+    """
+    src = _single_input(inputs, ctx, off_grid_ok=True)
+    try:
+        module = nn.MaxPool2d(*args)
+    except TypeError as err:
+        raise ctx.fail(f"bad arguments {args} for nn.MaxPool2d: {err}") from None
+    if module.return_indices or module.ceil_mode:
+        raise ctx.fail("nn.MaxPool2d with return_indices or ceil_mode is not supported")
+    k, s = _pair(module.kernel_size, "kernel_size", ctx), _pair(module.stride, "stride", ctx)
+    p, d = _pair(module.padding, "padding", ctx), _pair(module.dilation, "dilation", ctx)
+    if s[0] != s[1] or s[0] < 1:
+        raise ctx.fail(f"nn.MaxPool2d needs one positive stride for both sides, got {module.stride!r}")
+    excess = tuple((e + 2 * pi - di * (ki - 1) - 1) // s[0] + 1 for e, ki, pi, di in zip(src.excess, k, p, d))
+    return module, Shape(src.channels, src.stride * s[0], excess)  # type: ignore[arg-type]
+
+
+def _build_zeropad(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
+    """``nn.ZeroPad2d(padding)``, padding ``p`` or ``[left, right, top, bottom]``: same stride, a larger map."""
+    src = _single_input(inputs, ctx, off_grid_ok=True)
+    try:
+        module = nn.ZeroPad2d(*args)
+        left, right, top, bottom = (int(v) for v in module.padding)
+    except (TypeError, ValueError) as err:
+        raise ctx.fail(f"bad arguments {args} for nn.ZeroPad2d: {err}") from None
+    excess = (src.excess[0] + top + bottom, src.excess[1] + left + right)
+    return module, Shape(src.channels, src.stride, excess)
+
+
 def _build_concat(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
     if any(s.is_multi for s in inputs):
         raise ctx.fail("Concat input is a multi-output layer; pick one output with an Index row first")
+    for s in inputs:
+        if s.excess != (0, 0):
+            raise ctx.fail(_off_grid_message(s))
     strides = [s.stride for s in inputs]
     if len(set(strides)) != 1:
         raise ctx.fail(f"Concat inputs have different strides {strides}; their maps would not align")
@@ -115,6 +273,9 @@ def _build_concat(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContex
 def _build_detect(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
     if any(s.is_multi for s in inputs):
         raise ctx.fail("Detect input is a multi-output layer; pick outputs with Index rows first")
+    for s in inputs:
+        if s.excess != (0, 0):
+            raise ctx.fail(_off_grid_message(s))
     nc, anchors = (args + [None, None])[:2]
     if not isinstance(nc, int) or nc < 1:
         raise ctx.fail(f"Detect needs the number of classes first, got {nc!r}")
@@ -155,7 +316,7 @@ def _build_index(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext
 
 
 def _build_identity(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
-    return nn.Identity(), _single_input(inputs, ctx)
+    return nn.Identity(), _single_input(inputs, ctx, off_grid_ok=True)
 
 
 for _name, _cls in {
@@ -165,9 +326,17 @@ for _name, _cls in {
     "Bottleneck": blocks.Bottleneck,
     "SPP": blocks.SPP,
     "SPPF": blocks.SPPF,
+    "GhostConv": blocks.GhostConv,
+    "GhostBottleneck": blocks.GhostBottleneck,
 }.items():
     MODULES.add(_name, LayerSpec(_conv_like(_cls, pass_repeats=False)))
-for _name, _cls in {"C3": blocks.C3, "BottleneckCSP": blocks.BottleneckCSP}.items():
+for _name, _cls in {
+    "C3": blocks.C3,
+    "BottleneckCSP": blocks.BottleneckCSP,
+    "C3Ghost": blocks.C3Ghost,
+    "C3TR": transformer.C3TR,
+    "BoT3": bottleneck_transformer.BoT3,
+}.items():
     MODULES.add(_name, LayerSpec(_conv_like(_cls, pass_repeats=True), repeats=True))
 MODULES.add("nn.Upsample", LayerSpec(_build_upsample))
 MODULES.add("Upsample", LayerSpec(_build_upsample))
@@ -176,3 +345,5 @@ MODULES.add("Detect", LayerSpec(_build_detect))
 MODULES.add("Backbone", LayerSpec(_build_backbone))
 MODULES.add("Index", LayerSpec(_build_index))
 MODULES.add("nn.Identity", LayerSpec(_build_identity))
+MODULES.add("nn.MaxPool2d", LayerSpec(_build_maxpool))
+MODULES.add("nn.ZeroPad2d", LayerSpec(_build_zeropad))

@@ -7,6 +7,7 @@ Layers are kept in an ``nn.Sequential`` named ``model`` (so state-dict keys read
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 from efyolo.errors import EfyoloError
 from efyolo.models.config import load_model_config, resolve_arg
 from efyolo.models.head import Detect
-from efyolo.models.parser import MODULES, BuildContext, Shape
+from efyolo.models.parser import MODULES, BuildContext, Shape, parse_activation
 
 
 def _parse_row(row: Any, index: int) -> tuple[list[int], int, str, list[Any]]:
@@ -36,12 +37,16 @@ def _parse_row(row: Any, index: int) -> tuple[list[int], int, str, list[Any]]:
 def build_layers(cfg: dict[str, Any], in_channels: int = 3) -> tuple[nn.Sequential, list[Shape], list[int]]:
     """Build every row of ``cfg['backbone'] + cfg['head']``.
 
+    The optional top-level ``cfg['activation']`` (e.g. ``"nn.LeakyReLU(0.1)"``) is the activation of
+    every ``Conv`` built with ``act=True`` (YOLOv5's ``Conv.default_act``), for this model only.
+
     Returns:
         ``(layers, shapes, save)``: the modules, each row's output :class:`Shape`, and the rows
         whose outputs later rows read.
     """
     rows = list(cfg["backbone"] or []) + list(cfg["head"] or [])
     gd, gw = float(cfg["depth_multiple"]), float(cfg["width_multiple"])
+    default_act = parse_activation(cfg.get("activation"))
     shapes: list[Shape] = []
     layers: list[nn.Module] = []
     save: set[int] = set()
@@ -53,7 +58,7 @@ def build_layers(cfg: dict[str, Any], in_channels: int = 3) -> tuple[nn.Sequenti
         spec = MODULES.get(name)
         args = [resolve_arg(a, cfg) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
-        ctx = BuildContext(index=i, depth_multiple=gd, width_multiple=gw, nc=int(cfg["nc"]))
+        ctx = BuildContext(index=i, depth_multiple=gd, width_multiple=gw, nc=int(cfg["nc"]), default_act=default_act)
         inputs = [Shape(in_channels, 1) if i == 0 and x == -1 else shapes[x] for x in sources]
         if spec.repeats or n == 1:
             module, shape = spec.build(args, n, inputs, ctx)
@@ -98,8 +103,10 @@ class DetectionModel(nn.Module):
         self.in_channels = in_channels
         self.names = [str(i) for i in range(self.nc)]
         # A plain int, fixed by the config: reading the stride buffer inside forward would make
-        # tracers (torch.onnx, torch.export) record a data-dependent Python value.
-        self._max_stride = int(self.detect.stride.max().item())
+        # tracers (torch.onnx, torch.export) record a data-dependent Python value. Every layer's
+        # stride counts, not only the head's: yolov5-p34 detects at 8 and 16 but its backbone
+        # goes down to 32 and comes back up, so its input sides must be multiples of 32.
+        self._max_stride = _input_multiple(self.shapes)
         self._initialize_norms()
 
     # ---- metadata -------------------------------------------------------------------------
@@ -118,6 +125,8 @@ class DetectionModel(nn.Module):
 
     @property
     def max_stride(self) -> int:
+        """Input sides must be multiples of this: the largest stride of any layer (64 for P6 models,
+        128 for P7, 32 for yolov5-p34 whose head stops at 16)."""
         return self._max_stride
 
     def _initialize_norms(self) -> None:
@@ -164,6 +173,14 @@ class DetectionModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _input_multiple(shapes: list[Shape]) -> int:
+    """The least common multiple of every layer's stride: what the input sides must be multiples of."""
+    strides: list[int] = []
+    for shape in shapes:
+        strides += shape.stride if isinstance(shape.stride, list) else [shape.stride]
+    return math.lcm(*(int(s) for s in strides))
 
 
 def _fuse_tree(module: nn.Module) -> None:
