@@ -89,3 +89,47 @@ def test_unknown_backbone_and_bad_size() -> None:
     model = build_backbone("efficientformer_l0")
     with pytest.raises(EfyoloError, match="multiple of 32"):
         model(torch.randn(1, 3, 224, 200))
+
+
+@pytest.mark.filterwarnings("ignore:Constant folding - Only steps=1:UserWarning")
+@pytest.mark.parametrize("name", ["yolov5n-efficientformer-l0", "yolov5n-efficientformerv2-s0"])
+def test_detection_model_exports_to_onnx(name: str, tmp_path) -> None:
+    """One model per family of our own backbones (the timm family: tests/models/test_timm_backbone.py)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from efyolo.export.exporter import export_model
+    from efyolo.models.checkpoint import model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = efyolo.build_model(name, nc=3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("attention_biases", "gamma")):
+                p.normal_(0.0, 0.5)  # biases and layer scales matter to the output
+    weights = save_checkpoint(
+        {"model_config": model.yaml, "state_dict": model.state_dict(), "names": ["a", "b", "c"], "imgsz": 128},
+        tmp_path / "m.pt",
+    )
+    path = export_model(weights, "onnx", imgsz=(128, 192), output=tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 128, 192)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model_from_checkpoint(weights).eval().fuse()(x)
+    err = ((torch.from_numpy(out) - expected).abs() / expected.abs().clamp(min=1.0)).max().item()
+    assert err <= 1e-4, err
+    modes = {a.s.decode() for n in onnx.load(str(path)).graph.node if n.op_type == "Resize" for a in n.attribute
+             if a.name == "mode"}
+    assert "cubic" not in modes  # fixed size: attention biases are constants, no resampling in the graph
+
+
+def test_builtin_names_of_every_family() -> None:
+    from efyolo.models.config import builtin_model_names
+
+    names = builtin_model_names()
+    for expected in ("yolov5n6", "yolov5x6", "yolov5s-bot3", "yolov5n-efficientformerv2-s0",
+                     "yolov5s-efficientformerv2-l", "yolov5n-efficientformer-l0"):
+        assert expected in names
+    assert efyolo.build_model("yolov5n6").max_stride == 64
+    with pytest.raises(EfyoloError, match="P6 models"):
+        efyolo.build_model("yolov5n6-efficientformer-l1")

@@ -29,11 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from efyolo.engine.profiler import ZOO, format_table, profile_model
+    from efyolo.engine.profiler import format_table, profile_model, zoo_models
     from efyolo.utils.checks import check_imgsz
     from efyolo.utils.devices import select_device
 
-    names = [n for item in (args.model or ZOO) for n in item.split(",") if n]
+    names = [n for item in (args.model or zoo_models()) for n in item.split(",") if n]
     imgsz = check_imgsz(args.imgsz, 32)
     device = select_device(args.device)
     if args.threads:

@@ -274,11 +274,12 @@ def format_report(report: Report) -> str:
     """A fixed-width table of a :class:`Report` and a footer with the measuring conditions."""
     lines = []
     if report.rows and isinstance(report.rows[0], ZooRow):
-        header = f"{'model':<30} {'params (M)':>10} {'GFLOPs':>8} {'PyTorch ms':>10} {'ONNX RT ms':>10} {'GFLOP/s':>8}"
+        width = max([30] + [len(r.model) for r in report.rows])
+        header = f"{'model':<{width}} {'params (M)':>10} {'GFLOPs':>8} {'PyTorch ms':>10} {'ONNX RT ms':>10} {'GFLOP/s':>8}"
         lines += [header, "-" * len(header)]
         for r in report.rows:
             lines.append(
-                f"{r.model:<30} {r.params / 1e6:>10.3f} {r.gflops:>8.2f} {_fmt(r.pytorch_ms, '.1f'):>10} "
+                f"{r.model:<{width}} {r.params / 1e6:>10.3f} {r.gflops:>8.2f} {_fmt(r.pytorch_ms, '.1f'):>10} "
                 f"{_fmt(r.onnx_ms, '.1f'):>10} {_fmt(r.onnx_gflops_per_s, '.1f'):>8}"
                 + ("" if r.status == "ok" else f"  {r.status}")
             )

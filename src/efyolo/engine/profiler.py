@@ -15,17 +15,36 @@ from torch.utils.flop_counter import FlopCounterMode
 from efyolo.errors import EfyoloError
 from efyolo.utils.checks import check_imgsz
 
-# The model zoo shown by `efyolo profile` without --model and in the README.
+# The model zoo shown by `efyolo profile` without --model and in the README: YOLOv5, then each
+# backbone family at the nano and small scales (timm pairings only where timm is installed).
 ZOO = (
     "yolov5n",
     "yolov5s",
     "yolov5m",
     "yolov5l",
     "yolov5x",
+    "yolov5n-efficientformer-l0",
     "yolov5s-efficientformer-l1",
     "yolov5s-efficientformer-l3",
     "yolov5s-efficientformer-l7",
+    "yolov5n-efficientformerv2-s0",
+    "yolov5s-efficientformerv2-s1",
+    "yolov5s-efficientformerv2-s2",
+    "yolov5s-efficientformerv2-l",
 )
+TIMM_ZOO = (
+    "yolov5n-timm:mobilenetv3_large_100",
+    "yolov5n-timm:lcnet_100",
+    "yolov5n-timm:mobilenetv3_small_100",
+    "yolov5n-timm:ghostnet_100",
+)
+
+
+def zoo_models() -> list[str]:
+    """The zoo's model names; the timm pairings only when timm is importable."""
+    import importlib.util
+
+    return list(ZOO) + (list(TIMM_ZOO) if importlib.util.find_spec("timm") else [])
 
 
 @dataclass
@@ -121,12 +140,13 @@ def profile_model(
 
 def format_table(profiles: Sequence[Profile]) -> str:
     """A fixed-width table: model, params (M), GFLOPs, size, batch, latency."""
-    header = f"{'model':<30} {'params (M)':>10} {'GFLOPs':>8} {'imgsz':>9} {'batch':>5} {'latency (ms)':>12}"
+    width = max([30] + [len(p.model) for p in profiles])
+    header = f"{'model':<{width}} {'params (M)':>10} {'GFLOPs':>8} {'imgsz':>9} {'batch':>5} {'latency (ms)':>12}"
     lines = [header, "-" * len(header)]
     for p in profiles:
         size = f"{p.imgsz[0]}x{p.imgsz[1]}"
         lines.append(
-            f"{p.model:<30} {p.params / 1e6:>10.3f} {p.gflops:>8.2f} {size:>9} {p.batch:>5} {p.latency_ms:>12.1f}"
+            f"{p.model:<{width}} {p.params / 1e6:>10.3f} {p.gflops:>8.2f} {size:>9} {p.batch:>5} {p.latency_ms:>12.1f}"
         )
     if profiles:
         lines.append(

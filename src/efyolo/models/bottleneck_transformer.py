@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from efyolo.models.attention_bias import BiasTableAttention, resample_bias_table
-from efyolo.models.blocks import Conv
+from efyolo.models.blocks import C3, ActFactory, Conv
 
 REFERENCE_GRID = 20  # R: the token grid of a 640-px input at stride 32, where the table is exact
 
@@ -86,16 +86,19 @@ class MHSA(BiasTableAttention):
 
 
 class BoTBottleneck(nn.Module):
-    """1x1 Conv -> MHSA -> BN + SiLU -> 1x1 Conv, with a residual when shapes allow."""
+    """1x1 Conv -> MHSA -> BN + activation -> 1x1 Conv, with a residual when shapes allow."""
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, heads: int = 4, e: float = 1.0) -> None:
+    def __init__(
+        self, c1: int, c2: int, shortcut: bool = True, heads: int = 4, e: float = 1.0,
+        *, default_act: ActFactory | None = None,
+    ) -> None:
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
         self.attn = MHSA(c_, heads)
         self.norm = nn.BatchNorm2d(c_, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU()
-        self.cv2 = Conv(c_, c2, 1, 1)
+        self.act = default_act() if default_act is not None else nn.SiLU()
+        self.cv2 = Conv(c_, c2, 1, 1, default_act=default_act)
         self.add = shortcut and c1 == c2
         self.stride = 1
 
@@ -104,19 +107,21 @@ class BoTBottleneck(nn.Module):
         return x + y if self.add else y
 
 
-class BoT3(nn.Module):
-    """C3 with Bottleneck-Transformer bottlenecks: ``cv3(cat(m(cv1(x)), cv2(x)))``."""
+class BoT3(C3):
+    """C3 with Bottleneck-Transformer bottlenecks: ``cv3(cat(m(cv1(x)), cv2(x)))``.
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, heads: int = 4, e: float = 0.5):
-        super().__init__()
+    YAML arguments ``[c2, shortcut, heads]`` (``heads`` where C3 has its group count ``g``).
+    """
+
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, shortcut: bool = True, heads: int = 4, e: float = 0.5,
+        *, default_act: ActFactory | None = None,
+    ):
         c_ = int(c2 * e)
-        if c_ % heads:
+        if heads < 1 or c_ % heads:
             raise ValueError(f"BoT3: hidden width {c_} (= {c2} x {e}) does not split into {heads} heads")
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c1, c_, 1, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(BoTBottleneck(c_, c_, shortcut, heads) for _ in range(n)))
-        self.stride = 1
+        self.heads = heads  # read by _inner during C3.__init__
+        super().__init__(c1, c2, n, shortcut, 1, e, default_act=default_act)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+    def _inner(self, c_: int, n: int, shortcut: bool, g: int, default_act: ActFactory | None) -> nn.Module:
+        return nn.Sequential(*(BoTBottleneck(c_, c_, shortcut, self.heads, default_act=default_act) for _ in range(n)))

@@ -7,6 +7,9 @@ A model is named either by a built-in name or by a path to a YAML file. Built-in
   its name written with dashes (``yolov5s-efficientformer-l1`` -> ``efficientformer_l1``).
 * ``yolov5{n,s,m,l,x}-timm:<model>``: the same with any timm model, spelled as timm spells it
   (``yolov5n-timm:mobilenetv3_large_100``; see ``models/timm_backbone.py``).
+* ``yolov5{n,s,m,l,x}6``: YOLOv5 v7.0's P6 models (four levels, stride 64), ``configs/yolov5-p6.yaml``.
+* ``yolov5{n,s,m,l,x}-<variant>``: ``configs/yolov5-<variant>.yaml`` for the other files there
+  (``yolov5s-bot3``: a Bottleneck Transformer in the neck).
 
 A variant is the base file plus ``depth_multiple``/``width_multiple`` from its ``scales`` entry,
 not a copy of the file. The resolved config is a plain dict (what checkpoints store).
@@ -28,10 +31,12 @@ from efyolo.utils.yaml_io import read_yaml_mapping
 
 CONFIG_DIR = "configs"
 _BUILTIN = re.compile(
-    r"^yolov5(?P<scale>[nsmlx])(?:-(?:(?P<timm>timm:[A-Za-z0-9_.\-]*)|(?P<backbone>[a-z0-9_\-]+)))?$"
+    r"^yolov5(?P<scale>[nsmlx])(?P<p6>6)?(?:-(?:(?P<timm>timm:[A-Za-z0-9_.\-]*)|(?P<backbone>[a-z0-9_\-]+)))?$"
 )
 TIMM_MODEL_NAMES = "yolov5{n,s,m,l,x}-timm:<timm model name>"
 REQUIRED_KEYS = ("backbone", "head")
+BACKBONE_FILE = "yolov5-backbone.yaml"  # the YOLOv5 neck and head under a registered backbone
+P6_FILE = "yolov5-p6.yaml"
 
 
 def _read_builtin(filename: str) -> dict[str, Any]:
@@ -45,9 +50,18 @@ def builtin_model_names() -> list[str]:
     from efyolo.models.registry import BACKBONES
 
     scales = list(_read_builtin("yolov5.yaml")["scales"])
-    names = [f"yolov5{s}" for s in scales]
+    names = [f"yolov5{s}" for s in scales] + [f"yolov5{s}6" for s in scales]
+    names += [f"yolov5{s}-{v}" for v in variant_files() for s in scales]
     names += [f"yolov5{s}-{b.replace('_', '-')}" for b in BACKBONES.names() for s in scales]
     return names
+
+
+def variant_files() -> dict[str, str]:
+    """Variant name -> built-in file: every ``configs/yolov5-<variant>.yaml`` but the backbone and
+    P6 files, which have their own names."""
+    folder = resources.files("efyolo.models").joinpath(CONFIG_DIR)
+    files = sorted(f.name for f in folder.iterdir() if f.name.startswith("yolov5-") and f.name.endswith(".yaml"))
+    return {f[len("yolov5-") : -len(".yaml")]: f for f in files if f not in (BACKBONE_FILE, P6_FILE)}
 
 
 def _load_yaml_file(path: Path) -> dict[str, Any]:
@@ -121,8 +135,16 @@ def _builtin_config(match: re.Match) -> dict[str, Any]:
     from efyolo.models.registry import BACKBONES
 
     backbone, timm_name = match.group("backbone"), match.group("timm")
-    if backbone is None and timm_name is None:
+    if match.group("p6"):
+        if backbone is not None or timm_name is not None:
+            raise EfyoloError(
+                f"unknown model {match.group(0)!r}: P6 models (yolov5n6 .. yolov5x6) take no backbone or variant"
+            )
+        cfg = _read_builtin(P6_FILE)
+    elif backbone is None and timm_name is None:
         cfg = _read_builtin("yolov5.yaml")
+    elif backbone in variant_files():
+        cfg = _read_builtin(variant_files()[backbone])
     else:
         # a timm name keeps timm's spelling; a registered name is written with dashes
         backbone_name = timm_name if timm_name is not None else backbone.replace("-", "_")
