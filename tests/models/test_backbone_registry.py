@@ -133,3 +133,32 @@ def test_builtin_names_of_every_family() -> None:
     assert efyolo.build_model("yolov5n6").max_stride == 64
     with pytest.raises(EfyoloError, match="P6 models"):
         efyolo.build_model("yolov5n6-efficientformer-l1")
+
+
+def test_efficientformerv2_detector_exports_to_torchscript(tmp_path) -> None:
+    """V2 in TorchScript at a fixed non-square size, and a dynamic ONNX export at another size."""
+    from efyolo.export.exporter import export_model
+    from efyolo.models.checkpoint import model_from_checkpoint, save_checkpoint
+    from efyolo.runtime.autobackend import load_backend
+
+    torch.manual_seed(0)
+    model = efyolo.build_model("yolov5n-efficientformerv2-s0", nc=3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("attention_biases", "gamma")):
+                p.normal_(0.0, 0.5)
+    weights = save_checkpoint(
+        {"model_config": model.yaml, "state_dict": model.state_dict(), "names": ["a", "b", "c"], "imgsz": 128},
+        tmp_path / "v2.pt",
+    )
+    reference = model_from_checkpoint(weights).eval().fuse()
+    x = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        expected = reference(x)
+    path = export_model(weights, "torchscript", imgsz=(128, 192), output=tmp_path / "v2.torchscript")
+    backend = load_backend(path, torch.device("cpu"))
+    actual = backend(x)
+    err = ((actual - expected).abs() / expected.abs().clamp(min=1.0)).max().item()
+    assert err <= 1e-4, err
+    graph = str(backend.module.inlined_graph)
+    assert "upsample_bicubic" not in graph  # the attention biases were frozen as constants
