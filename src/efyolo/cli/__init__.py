@@ -32,6 +32,7 @@ SUBCOMMANDS = {
     "detect": "efyolo.cli.detect",
     "export": "efyolo.cli.export",
     "benchmark": "efyolo.cli.benchmark",
+    "compare": "efyolo.cli.compare",
 }
 
 

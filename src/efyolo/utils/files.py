@@ -57,14 +57,26 @@ def remove_stale_temps(folder: str | Path, name: str) -> list[Path]:
     return removed
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it into place."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = None) -> Path:
+    """Write JSON to a temporary file next to ``path`` and rename it into place."""
+    return write_text_atomic(path, json.dumps(data, indent=indent))

@@ -428,3 +428,45 @@ def plot_results(csv_path: str | Path, out: str | Path) -> Path | None:
 def plot_labels(labels: Sequence[np.ndarray], names: Sequence[str], out: str | Path) -> Path:
     """Save :func:`labels_figure` to ``out`` (``labels.jpg``, 1200x400 px); returns ``out``."""
     return _save(labels_figure(labels, names), out)
+
+
+# ---- study plots (efyolo compare)
+
+_MARKERS = "osD^vP*Xh<>"
+
+
+def pareto_figure(points: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Accuracy against latency, one marker shape per format, the Pareto front drawn and labelled.
+
+    Args:
+        points: dicts with ``model``, ``format``, ``latency_ms``, ``map`` (mAP50-95) and ``pareto``
+            (on the front); points without a latency or mAP are left out.
+    """
+    fig = _figure((8.0, 5.5), 120)
+    ax = fig.add_subplot()
+    shown = [p for p in points if p.get("latency_ms") is not None and p.get("map") is not None]
+    formats = list(dict.fromkeys(p["format"] for p in shown))
+    models = list(dict.fromkeys(p["model"] for p in shown))
+    for i, fmt in enumerate(formats):
+        group = [p for p in shown if p["format"] == fmt]
+        colors = [tuple(c / 255 for c in class_color(models.index(p["model"]))[::-1]) for p in group]
+        ax.scatter([p["latency_ms"] for p in group], [p["map"] for p in group], c=colors,
+                   marker=_MARKERS[i % len(_MARKERS)], s=48, label=fmt, edgecolors="black", linewidths=0.5, zorder=3)
+    front = sorted((p for p in shown if p.get("pareto")), key=lambda p: p["latency_ms"])
+    if front:
+        ax.step([p["latency_ms"] for p in front], [p["map"] for p in front], where="post", color="tab:red",
+                linewidth=1.2, zorder=2, label="Pareto front")
+        for p in front:
+            ax.annotate(f"{p['model']} ({p['format']})", (p["latency_ms"], p["map"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("latency (ms, batch 1, median)")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "mAP50-95 against latency")
+    if formats:
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    return _save(pareto_figure(points, title), path)
