@@ -336,3 +336,21 @@ def test_train_val_export_detect_end_to_end(name: str, tmp_path: Path) -> None:
     k = min(10, len(pt.boxes), len(ox.boxes))
     top_pt, top_ox = np.sort(pt.scores)[::-1][:k], np.sort(ox.scores)[::-1][:k]
     assert np.abs(top_pt - top_ox).max() < 1e-3
+
+
+def test_every_named_timm_model_end_to_end_through_compare(tmp_path: Path) -> None:
+    """Each issue-named timm model: trained a few iterations, validated, exported to ONNX and timed."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is in the [export] extra")
+    from efyolo.data.synth import generate_dataset
+    from efyolo.engine.compare import compare
+
+    data = generate_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64, seed=3)
+    models = [f"yolov5n-timm:{n}" for n in NAMES]
+    result = compare(models, data=str(data), imgsz=64, epochs=1, batch=4, formats="onnx", runs=1, warmup=0,
+                     passes=1, threads=1, project=str(tmp_path), name="study", quiet=True,
+                     train_options={"workers": 0, "patience": 0, "close_mosaic": 0, "cache": False,
+                                    "tensorboard": False})
+    assert [r.model for r in result.rows] == models
+    for row in result.rows:
+        assert row.status == "ok" and row.epochs == 1 and row.latency_ms > 0, row
+        assert 0.0 <= row.map50 <= 1.0 and row.size_mb > 0
