@@ -9,6 +9,7 @@ Public API::
     metrics = efyolo.val(result.best, data="data.yaml", imgsz=640)  # efyolo val --weights
     detections = efyolo.Detector(result.best)("image.jpg")
     onnx_file = efyolo.export.export_model(result.best, format="onnx")  # efyolo export
+    study = efyolo.compare(["yolov5n", "yolov5n-timm:lcnet_100"], time_each=0.1)  # efyolo compare
 
 The names are imported on first use, so ``import efyolo`` (and the ``efyolo`` command's start-up)
 does not load torch, OpenCV or the training stack until they are needed.
@@ -19,7 +20,9 @@ from typing import Any
 from efyolo.errors import EfyoloError
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "EfyoloError", "build_backbone", "build_model", "export", "train", "val", "__version__"]
+__all__ = [
+    "Detector", "EfyoloError", "build_backbone", "build_model", "compare", "export", "train", "val", "__version__",
+]
 
 # public name -> "module" (same attribute name) or "module:attribute"
 _LAZY = {
@@ -28,6 +31,7 @@ _LAZY = {
     "Detector": "efyolo.engine.predictor",
     "train": "efyolo.engine.trainer",
     "val": "efyolo.engine.validator:val",
+    "compare": "efyolo.engine.compare",
     "export": "efyolo.export:",  # the package (efyolo.export.export_model); "module:" means the module itself
 }
 

@@ -21,7 +21,7 @@ import efyolo
 from efyolo import EfyoloError, build_model
 from efyolo.models.blocks import Conv, GhostBottleneck
 from efyolo.models.checkpoint import model_from_checkpoint, save_checkpoint
-from efyolo.models.parser import parse_activation
+from efyolo.models.activations import parse_activation
 from efyolo.models.transformer import C3TR
 
 CONFIG_DIR = Path(__file__).parent / "yolov5_v7_configs"

@@ -10,7 +10,7 @@ def test_public_names_resolve() -> None:
     code = (
         "import efyolo, inspect\n"
         "assert callable(efyolo.train) and callable(efyolo.val) and inspect.isclass(efyolo.Detector)\n"
-        "assert callable(efyolo.build_model) and callable(efyolo.build_backbone)\n"
+        "assert callable(efyolo.build_model) and callable(efyolo.build_backbone) and callable(efyolo.compare)\n"
         "assert callable(efyolo.export.export_model) and 'onnx' in efyolo.export.FORMATS\n"
         "assert issubclass(efyolo.EfyoloError, Exception) and efyolo.__version__\n"
         "assert sorted(dir(efyolo)) == sorted(efyolo.__all__)\n"

@@ -484,6 +484,9 @@ def compare(
     from efyolo.engine.compare_report import write_report
     from efyolo.utils.checks import check_imgsz, check_int
     from efyolo.utils.files import write_json_atomic
+    from efyolo.utils.log import setup_logging
+
+    setup_logging(quiet=quiet)  # an entry point, like efyolo.train
 
     for label, value in (("runs", runs), ("passes", passes), ("batch", batch)):
         check_int(label, value, 1)

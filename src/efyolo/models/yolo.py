@@ -17,7 +17,8 @@ from torch import nn
 from efyolo.errors import EfyoloError
 from efyolo.models.config import load_model_config, resolve_arg
 from efyolo.models.head import Detect
-from efyolo.models.parser import MODULES, BuildContext, Shape, parse_activation
+from efyolo.models.activations import parse_activation
+from efyolo.models.parser import MODULES, BuildContext, Shape
 
 
 def _parse_row(row: Any, index: int) -> tuple[list[int], int, str, list[Any]]:

@@ -442,7 +442,7 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str = "") -> Figure:
         points: dicts with ``model``, ``format``, ``latency_ms``, ``map`` (mAP50-95) and ``pareto``
             (on the front); points without a latency or mAP are left out.
     """
-    fig = _figure((8.0, 5.5), 120)
+    fig = _figure((10.0, 5.5), 120)
     ax = fig.add_subplot()
     shown = [p for p in points if p.get("latency_ms") is not None and p.get("map") is not None]
     formats = list(dict.fromkeys(p["format"] for p in shown))
@@ -464,7 +464,13 @@ def pareto_figure(points: Sequence[dict[str, Any]], title: str = "") -> Figure:
     ax.grid(alpha=0.3)
     ax.set_title(title or "mAP50-95 against latency")
     if formats:
-        ax.legend(fontsize=8, loc="lower right")
+        # marker shapes name the formats (and the front line); a second legend names the model colours
+        ax.add_artist(ax.legend(fontsize=8, loc="lower right", title="format"))
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=7, markeredgecolor="black",
+                          markerfacecolor=tuple(c / 255 for c in class_color(i)[::-1])) for i in range(len(models))]
+        ax.legend(handles, models, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model")
     return fig
 
 
