@@ -75,6 +75,17 @@ def test_from_runs_rebuilds_the_report_without_training(study, tmp_path: Path) -
     assert not (again.save_dir / "runs").exists()  # nothing trained
 
 
+def test_from_runs_never_writes_into_the_runs_it_reads(study, tmp_path: Path) -> None:
+    run = study.save_dir / "runs" / "yolov5n"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    again = compare(from_runs=[str(run)], project=str(tmp_path), name="ts", imgsz=64, formats="torchscript",
+                    runs=1, warmup=0, passes=1, threads=1, quiet=True)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing added or replaced
+    (row,) = again.rows
+    assert row.status == "ok" and (again.save_dir / "from_runs").is_dir()
+    assert list((again.save_dir / "from_runs").glob("*/best.torchscript"))
+
+
 def test_killed_study_resumes_and_never_redoes_a_finished_model(tiny_data: Path, tmp_path: Path) -> None:
     class Kill:
         def on_model_save(self, trainer) -> None:
@@ -108,7 +119,7 @@ def test_missing_format_package_is_skipped_with_the_reason(study, tmp_path: Path
 
     real = compare_module.record_model
 
-    def without_openvino(model, run_dir, best, data, formats, bench, device="cpu"):
+    def without_openvino(model, run_dir, best, data, formats, bench, device="cpu", **kw):
         import efyolo.export.exporter as exporter
 
         original = exporter.export_model
@@ -119,7 +130,7 @@ def test_missing_format_package_is_skipped_with_the_reason(study, tmp_path: Path
             return original(weights, fmt, **kw)
 
         monkeypatch.setattr(exporter, "export_model", export)
-        return real(model, run_dir, best, data, formats, bench, device)
+        return real(model, run_dir, best, data, formats, bench, device, **kw)
 
     monkeypatch.setattr(compare_module, "record_model", without_openvino)
     result = compare(from_runs=[str(study.save_dir / "runs" / "yolov5n")], project=str(tmp_path), name="ov",

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from efyolo.errors import EfyoloError
@@ -242,16 +242,25 @@ def model_profile(model_cfg: Any, size: tuple[int, int]) -> tuple[int, float]:
 
 def record_model(
     model: str, run_dir: Path, best: Path, data: str | Path, formats: Sequence[str], bench_size: tuple[int, int],
-    device: str = "cpu",
+    device: str = "cpu", out_dir: Path | None = None,
 ) -> ModelRecord:
-    """Score ``best.pt``, export it to every format and write ``compare_model.json``."""
-    from efyolo.engine.validator import validate_model
-    from efyolo.export.exporter import export_model
-    from efyolo.models.checkpoint import load_checkpoint
+    """Score ``best.pt``, export it to every format and write ``compare_model.json``.
 
+    Exports and the record go to ``out_dir`` (default ``run_dir``, the study's own run folder); for
+    a run the study did not train, the caller passes a folder of the study, so nothing is written
+    into, or replaced in, the user's run.
+    """
+    import tempfile
+
+    from efyolo.engine.validator import validate_model
+    from efyolo.export.exporter import export_model, export_path
+    from efyolo.models.checkpoint import load_checkpoint
+    from efyolo.utils.files import write_json_atomic
+
+    out_dir = out_dir or run_dir
     ckpt = load_checkpoint(best)
     params, gflops = model_profile(ckpt["model_config"], bench_size)
-    with _quiet_tmp() as tmp:
+    with tempfile.TemporaryDirectory(prefix="efyolo-compare-") as tmp:  # validation outputs are not kept
         # efyolo val's defaults (the weights' own size, conf 0.001, IoU 0.6): the numbers `efyolo val` prints
         metrics = validate_model(best, data, project=tmp, plots=False, quiet=True, device=device)
     epochs, seconds, ips = training_stats(run_dir)
@@ -262,31 +271,18 @@ def record_model(
             record.exports[fmt] = str(best)
             continue
         try:
-            record.exports[fmt] = str(export_model(best, fmt, imgsz=bench_size, device=device))
+            path = export_model(best, fmt, imgsz=bench_size, device=device, output=export_path(out_dir / best.name, fmt))
+            record.exports[fmt] = str(path)
         except EfyoloError as err:
             record.export_errors[fmt] = str(err)
             LOGGER.warning(f"compare: {model}: {fmt} skipped: {err}")
-    from efyolo.utils.files import write_json_atomic
-
-    write_json_atomic(run_dir / MODEL_FILE, asdict(record))
+    write_json_atomic(out_dir / MODEL_FILE, asdict(record))
     return record
 
 
-class _quiet_tmp:
-    """A temporary folder for validation outputs that the study does not keep."""
-
-    def __enter__(self) -> str:
-        import tempfile
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="efyolo-compare-")
-        return self._tmp.name
-
-    def __exit__(self, *exc: Any) -> None:
-        self._tmp.cleanup()
-
-
-def load_record(run_dir: Path) -> ModelRecord | None:
-    path = run_dir / MODEL_FILE
+def load_record(folder: Path) -> ModelRecord | None:
+    """The record written by :func:`record_model` into ``folder``, if any."""
+    path = folder / MODEL_FILE
     if not path.is_file():
         return None
     raw = json.loads(path.read_text())
@@ -318,13 +314,6 @@ def time_interleaved(
                 backend(x)
                 times[key].append((time.perf_counter() - t0) * 1e3)
     return times
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -377,9 +366,8 @@ def build_rows(
                         f"batch 1, {torch.get_num_threads()} threads, {passes} interleaved passes")
             for key, values in time_interleaved(backends, bench_size, runs, warmup, passes).items():
                 row = rows[key]
-                row.latency_ms = round(statistics.median(values), 2)
-                row.latency_p10_ms = round(_percentile(values, 0.1), 2)
-                row.latency_p90_ms = round(_percentile(values, 0.9), 2)
+                p10, median, p90 = np.percentile(values, [10, 50, 90])
+                row.latency_ms, row.latency_p10_ms, row.latency_p90_ms = (round(float(v), 2) for v in (median, p10, p90))
     out = list(rows.values())
     timed = [r for r in out if r.latency_ms is not None and r.map is not None]
     for row, on_front in zip(timed, pareto_front([(r.latency_ms, r.map) for r in timed])):
@@ -522,8 +510,9 @@ def compare(
 
     records: list[ModelRecord] = []
     if run_dirs:
-        for run_dir in run_dirs:
-            records.append(_record_existing_run(run_dir, data_path, fmt_list, bench, device))
+        for i, run_dir in enumerate(run_dirs):
+            out_dir = save_dir / "from_runs" / f"{i:02d}-{run_folder_name(run_dir.name)}"
+            records.append(_record_existing_run(run_dir, out_dir, data_path, fmt_list, bench, device))
     else:
         reserved = {"model", "data", "imgsz", "epochs", "time", "batch", "seed", "project", "name", "exist_ok",
                     "resume"} & set(train_options or {})
@@ -572,18 +561,23 @@ def _expand_runs(items: Sequence[str | Path]) -> list[Path]:
 
 
 def _record_existing_run(
-    run_dir: Path, data: str | None, formats: Sequence[str], bench: tuple[int, int], device: str
+    run_dir: Path, out_dir: Path, data: str | None, formats: Sequence[str], bench: tuple[int, int], device: str
 ) -> ModelRecord:
-    """A record of a run trained outside this study (its own dataset unless ``data`` is given)."""
+    """A record of a run trained outside this study (its own dataset unless ``data`` is given).
+
+    A run of a compare study reuses that study's record; otherwise the exports and the record go to
+    ``out_dir`` in this study's folder, and the run itself is only read.
+    """
     from efyolo.models.checkpoint import load_checkpoint
 
-    record = load_record(run_dir)
-    if record is not None and set(formats) <= set(record.exports) | set(record.export_errors):
-        return record
+    for folder in (run_dir, out_dir):
+        record = load_record(folder)
+        if record is not None and set(formats) <= set(record.exports) | set(record.export_errors):
+            return record
     best = run_dir / "weights" / "best.pt"
     ckpt = load_checkpoint(best)
     model = str(ckpt["model_config"].get("name") or ckpt["model_config"].get("yaml_file") or run_dir.name)
     run_data = data or (ckpt.get("train_args") or {}).get("data")
     if not run_data:
         raise EfyoloError(f"compare --from-runs {run_dir}: its checkpoint names no dataset; pass --data")
-    return record_model(model, run_dir, best, run_data, formats, bench, device)
+    return record_model(model, run_dir, best, run_data, formats, bench, device, out_dir=out_dir)

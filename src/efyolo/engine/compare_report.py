@@ -13,7 +13,6 @@ import base64
 import csv
 import html
 import io
-import json
 import platform
 import time
 from dataclasses import asdict, fields
@@ -209,8 +208,3 @@ def format_table(rows: Sequence[Any]) -> str:
             f"{'* ' if r.pareto else ''}{r.status}"
         )
     return "\n".join(lines)
-
-
-def load_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``compare.json``."""
-    return json.loads(Path(path).read_text())["rows"]
