@@ -30,6 +30,8 @@ from efyolo.errors import EfyoloError
 from efyolo.models.efficientformer_weights import (
     IGNORED_KEY,
     _listed,
+    raise_if_unfit,
+    shape_mismatch,
     checkpoint_layout,
     read_state_dict,
 )
@@ -116,21 +118,9 @@ def load_efficientformer_v2_weights(model: nn.Module, path: str | Path) -> None:
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [origin[k] for k in state if k not in target]
     mismatched = [
-        f"{origin[k]} {tuple(raw[origin[k]].shape)} in file vs {tuple(target[k].shape)} in model"
+        shape_mismatch(origin[k], raw[origin[k]].shape, target[k].shape)
         for k, v in state.items()
         if k in target and v.shape != target[k].shape
     ]
-    problems = [
-        f"{label}: {_listed(items)}"
-        for label, items in (
-            ("shape mismatch", mismatched),
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-        )
-        if items
-    ]
-    if problems:
-        raise EfyoloError(
-            f"{path}: weights ({layout} layout) do not fit {name}: " + "; ".join(problems)
-        )
+    raise_if_unfit(path, f"{name} ({layout} layout)", mismatched, missing, unexpected)
     model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -129,21 +130,31 @@ def load_efficientformer_weights(model: nn.Module, path: str | Path) -> None:
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [origin[k] for k in state if k not in target]
     mismatched = [
-        f"{origin[k]} {tuple(v.shape)} in file vs {tuple(target[k].shape)} in model"
+        shape_mismatch(origin[k], v.shape, target[k].shape)
         for k, v in state.items()
         if k in target and v.shape != target[k].shape
     ]
+    raise_if_unfit(path, f"{name} ({layout} layout)", mismatched, missing, unexpected)
+    model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
+
+
+def shape_mismatch(key: str, in_file: Sequence[int], in_model: Sequence[int]) -> str:
+    """One entry of the "shape mismatch" list: ``key (a, b) in file vs (c, d) in model``."""
+    return f"{key} {tuple(in_file)} in file vs {tuple(in_model)} in model"
+
+
+def raise_if_unfit(
+    path: str | Path, subject: str, mismatched: list[str], missing: list[str], unexpected: list[str]
+) -> None:
+    """One EfyoloError naming the file and every kind of misfit (a few names of each), if any.
+
+    Shared by the EfficientFormer V1/V2 loaders and timm backbones, so a wrong checkpoint reads the
+    same everywhere: ``FILE: weights do not fit SUBJECT: shape mismatch: ...; missing keys: ...``.
+    """
     problems = [
         f"{label}: {_listed(items)}"
-        for label, items in (
-            ("shape mismatch", mismatched),
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-        )
+        for label, items in (("shape mismatch", mismatched), ("missing keys", missing), ("unexpected keys", unexpected))
         if items
     ]
     if problems:
-        raise EfyoloError(
-            f"{path}: weights ({layout} layout) do not fit {name}: " + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
+        raise EfyoloError(f"{path}: weights do not fit {subject}: " + "; ".join(problems))

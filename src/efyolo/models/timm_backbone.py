@@ -37,7 +37,6 @@ _OWN_IMPLEMENTATION = {
     "efficientformerv2_": "efficientformerv2_s0 (efficientformerv2_s0/s1/s2/l)",
     "efficientformer_": "efficientformer_l1 (efficientformer_l0/l1/l3/l7)",
 }
-_MAX_LISTED = 6
 _PLANS: dict[tuple[str, str], "_Plan"] = {}
 
 
@@ -52,11 +51,6 @@ def import_timm() -> Any:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def _listed(names: list[str]) -> str:
-    more = f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
-    return ", ".join(names[:_MAX_LISTED]) + more
 
 
 def own_implementation_hint(model_name: str) -> str:
@@ -263,7 +257,7 @@ class TimmBackbone(nn.Module):
         Raises:
             EfyoloError: unreadable file, or tensors missing / unexpected / of the wrong shape, by name.
         """
-        from efyolo.models.efficientformer_weights import read_state_dict
+        from efyolo.models.efficientformer_weights import raise_if_unfit, read_state_dict, shape_mismatch
 
         path = Path(path)
         if self.fused:
@@ -280,21 +274,11 @@ class TimmBackbone(nn.Module):
                 if not key.endswith("num_batches_tracked"):
                     missing.append(source or key)
             elif raw[source].shape != value.shape:
-                mismatched.append(f"{source} {tuple(raw[source].shape)} in file vs {tuple(value.shape)} in model")
+                mismatched.append(shape_mismatch(source, raw[source].shape, value.shape))
             else:
                 state[key] = raw[source]
         unexpected = [k for k in raw if k not in full and k not in target]
-        problems = [
-            f"{label}: {_listed(items)}"
-            for label, items in (
-                ("shape mismatch", mismatched),
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-            )
-            if items
-        ]
-        if problems:
-            raise EfyoloError(f"{path}: weights do not fit {self.name} (timm classification layout): " + "; ".join(problems))
+        raise_if_unfit(path, f"{self.name} (timm classification layout)", mismatched, missing, unexpected)
         self.model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
 
     def fuse(self) -> "TimmBackbone":
