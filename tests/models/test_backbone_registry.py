@@ -128,7 +128,7 @@ def test_builtin_names_of_every_family() -> None:
 
     names = builtin_model_names()
     for expected in ("yolov5n6", "yolov5x6", "yolov5s-bot3", "yolov5n-efficientformerv2-s0",
-                     "yolov5s-efficientformerv2-l", "yolov5n-efficientformer-l0"):
+                     "yolov5s-efficientformerv2-l", "yolov5n-efficientformer-l0", "yolov5n-efficientformer-n0"):
         assert expected in names
     assert efyolo.build_model("yolov5n6").max_stride == 64
     with pytest.raises(EfyoloError, match="P6 models"):

@@ -366,3 +366,129 @@ def test_drop_path_rate():
     model.train()
     out = model(torch.randn(2, 3, 64, 64))
     assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_n0_is_l0_without_the_stride4_block_and_with_lighter_mlps():
+    n0, l0 = BACKBONES.get("efficientformer_n0")(), BACKBONES.get("efficientformer_l0")()
+    assert n0.channels == l0.channels == [48, 112, 224] and n0.strides == [8, 16, 32]
+    assert len(n0.stages[0].blocks) == 0  # the stem feeds stage 1's downsample directly
+    hidden = [[b.mlp.fc1.weight.shape[0] for b in s.blocks if hasattr(b, "mlp")] for s in n0.stages]
+    assert hidden == [[], [96], [336, 336, 336], [672, 448]]  # Meta4D x2/x3, Meta3D x2
+    attn = n0.stages[3].blocks[-1].token_mixer
+    assert (attn.num_heads, attn.key_dim, attn.val_dim) == (4, 32, 64)
+    assert attn.qkv.out_features == 4 * (32 + 32 + 64) and attn.proj.in_features == 256
+    x = torch.zeros(1, 3, 640, 640)
+    flops = []
+    for model in (n0, l0):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(x)
+        flops.append(counter.get_total_flops())
+    assert flops[0] < 0.65 * flops[1]  # 2.17 vs 3.61 GFLOPs at 640 (2 x MACs)
+
+
+def test_n0_fuse_keeps_outputs_at_any_size():
+    model = BACKBONES.get("efficientformer_n0")()
+    randomise(model, seed=5)
+    model.eval()
+    x = torch.randn(1, 3, 256, 320)
+    with torch.no_grad():
+        before = model(x)
+        after = model.fuse()(x)
+    for a, b in zip(before, after):
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().clamp_min(1.0).item()
+
+
+def test_mlp_ratios_must_match_the_stages():
+    from efyolo.models.efficientformer import EfficientFormer
+
+    with pytest.raises(EfyoloError, match="3 mlp_ratios for 4 stages"):
+        EfficientFormer((1, 1, 1, 1), (8, 16, 32, 64), 1, mlp_ratios=(4, 4, 4))
+
+
+def test_rep_dw_mixer_folds_into_one_depthwise_conv():
+    from efyolo.models.efficientformer import VARIANT_OPTIONS, EfficientFormer, Meta4D, RepDWMixer
+
+    options = {**VARIANT_OPTIONS["n0"], "token_mixer": "repdw"}
+    model = EfficientFormer(*VARIANTS["n0"], **options)
+    blocks = [b for b in model.modules() if isinstance(b, Meta4D)]
+    assert len(blocks) == 5 and all(isinstance(b.token_mixer, RepDWMixer) for b in blocks)
+    randomise(model, seed=6)
+    model.eval()
+    x = torch.randn(1, 3, 224, 288)
+    with torch.no_grad():
+        before = model(x)
+        after = model.fuse()(x)
+    for a, b in zip(before, after):
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().clamp_min(1.0).item()
+    for b in blocks:  # identity + ls1 * BN(dwconv) is one depthwise conv with a bias, nothing else
+        mixer = b.token_mixer
+        assert isinstance(mixer, nn.Conv2d) and mixer.groups == mixer.in_channels and mixer.bias is not None
+        assert isinstance(b.ls1, nn.Identity)
+    with pytest.raises(EfyoloError, match="unknown token_mixer 'conv'"):
+        Meta4D(8, token_mixer="conv")
+
+
+@pytest.mark.filterwarnings("ignore:Constant folding - Only steps=1:UserWarning")
+def test_rep_dw_mixer_backbone_runs_in_onnx_runtime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from efyolo.export.fold import materialize_attention_bias, rewrite_pool_mixers
+    from efyolo.export.onnx import export_onnx
+    from efyolo.models.efficientformer import VARIANT_OPTIONS, EfficientFormer
+
+    model = EfficientFormer(*VARIANTS["n0"], **{**VARIANT_OPTIONS["n0"], "token_mixer": "repdw"})
+    randomise(model, seed=7)
+    model.eval().fuse()
+    assert rewrite_pool_mixers(model) == 0  # nothing to rewrite: each mixer is one depthwise conv
+    x = torch.randn(1, 3, 128, 160)
+    materialize_attention_bias(model, (128, 160))
+
+    class First(nn.Module):  # the exporter writes one output; the stride-32 map, after every block
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.inner(t)[-1]
+
+    path = export_onnx(First(model).eval(), x, tmp_path / "m.onnx", {"names": "{0: 'a'}"})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model(x)[-1]
+    assert (torch.from_numpy(out) - expected).abs().max().item() <= 1e-4 * expected.abs().max().clamp_min(1.0).item()
+
+
+def test_attention_probabilities_are_never_subnormal():
+    """Sharp (trained) attention gave subnormal probabilities, 10-100x slower on x86 CPUs."""
+    from efyolo.models.attention_bias import softmax_without_subnormals
+
+    tiny = torch.finfo(torch.float32).tiny
+    logits = torch.randn(2, 4, 400, 400) * 40.0  # rows spanning hundreds: exp underflows
+    plain, safe = logits.softmax(-1), softmax_without_subnormals(logits)
+    assert ((plain > 0) & (plain < tiny)).any()  # the case exists
+    assert not ((safe > 0) & (safe < tiny)).any()
+    assert (safe - plain).abs().max().item() < 1e-29
+    assert torch.allclose(safe.sum(-1), torch.ones(2, 4, 400))
+
+
+def test_every_attention_uses_the_subnormal_free_softmax(monkeypatch):
+    import efyolo.models.bottleneck_transformer as bot
+    import efyolo.models.efficientformer as v1
+    import efyolo.models.efficientformer_v2 as v2
+    from efyolo.models import build_model
+    from efyolo.models.attention_bias import softmax_without_subnormals
+
+    calls = []
+
+    def recording(logits, dim=-1):
+        calls.append(tuple(logits.shape))
+        return softmax_without_subnormals(logits, dim)
+
+    for module in (v1, v2, bot):
+        monkeypatch.setattr(module, "softmax_without_subnormals", recording)
+    with torch.no_grad():
+        for name in ("yolov5n-efficientformer-n0", "yolov5n-efficientformerv2-s0", "yolov5n-bot3"):
+            calls.clear()
+            build_model(name, nc=2).eval()(torch.zeros(1, 3, 128, 128))
+            assert calls, name  # each attention's softmax went through it

@@ -23,6 +23,7 @@ ZOO = (
     "yolov5m",
     "yolov5l",
     "yolov5x",
+    "yolov5n-efficientformer-n0",
     "yolov5n-efficientformer-l0",
     "yolov5s-efficientformer-l1",
     "yolov5s-efficientformer-l3",

@@ -94,17 +94,18 @@ class PoolMixerBlock(nn.Module):
 
 @torch.no_grad()
 def rewrite_pool_mixers(model: nn.Module) -> int:
-    """Replace every EfficientFormer Meta4D block (eval mode) by a :class:`PoolMixerBlock`, in place.
+    """Replace every EfficientFormer Meta4D block with a pooling mixer (eval mode) by a
+    :class:`PoolMixerBlock`, in place (a fused RepDWMixer block is one depthwise conv already).
 
     Returns:
         The number of blocks replaced.
     """
-    from efyolo.models.efficientformer import Meta4D
+    from efyolo.models.efficientformer import Meta4D, Pooling
 
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Meta4D):
+            if isinstance(child, Meta4D) and isinstance(child.token_mixer, Pooling):
                 setattr(parent, name, PoolMixerBlock(child))  # ModuleList children are set by index name
                 count += 1
     return count

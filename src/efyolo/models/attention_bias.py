@@ -28,6 +28,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+# Logits more than this far below their row's maximum are raised to it before the softmax.
+# exp(-70) = 4e-31, so every probability stays a normal float32 (> 1.2e-38) for up to 1e7 keys.
+SOFTMAX_FLOOR = 70.0
+
+
+def softmax_without_subnormals(logits: Tensor, dim: int = -1) -> Tensor:
+    """``softmax(logits, dim)`` whose outputs are never subnormal floats.
+
+    A trained attention is sharp: in a yolov5n-efficientformer-n0 trained for 7 minutes, 9% of the
+    stride-32 attention's probabilities at 640 px were subnormal (below 1.2e-38). x86 CPUs compute
+    on subnormals through a microcode assist, 10-100x slower, and ONNX Runtime's
+    ``session.set_denormal_as_zero`` did not help here (1.32): that attention's ``attn @ v`` took
+    11.4 ms instead of 0.3 ms, the whole model 27.9 ms instead of ~20. Clamping each logit to at
+    most ``SOFTMAX_FLOOR`` below its row's maximum changes probabilities below ~4e-31 only
+    (sums of them stay below 1e-24), and adds a max, a subtraction and a clamp.
+    """
+    logits = logits - logits.amax(dim=dim, keepdim=True)  # the row maximum becomes 0
+    return logits.clamp_min(-SOFTMAX_FLOOR).softmax(dim=dim)
+
+
 def is_tracing() -> bool:
     """True while torch.jit.trace, torch.compile or torch.export records the forward."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from efyolo.models.attention_bias import BiasTableAttention, resample_bias_table
+from efyolo.models.attention_bias import BiasTableAttention, resample_bias_table, softmax_without_subnormals
 from efyolo.models.blocks import C3, ActFactory, Conv
 
 REFERENCE_GRID = 20  # R: the token grid of a 640-px input at stride 32, where the table is exact
@@ -80,7 +80,7 @@ class MHSA(BiasTableAttention):
 
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         logits = (q * self.scale) @ k.transpose(2, 3)  # (B, heads, N, N)
-        attn = (logits + self.get_bias(H, W, logits.dtype)).softmax(dim=-1)
+        attn = softmax_without_subnormals(logits + self.get_bias(H, W, logits.dtype))
         out = attn @ v  # (B, heads, N, head_dim)
         return out.transpose(2, 3).reshape(B, C, H, W)
 

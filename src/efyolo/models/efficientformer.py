@@ -30,7 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from efyolo.errors import EfyoloError
-from efyolo.models.attention_bias import BiasTableAttention, offset_index, resample_bias_table
+from efyolo.models.attention_bias import (
+    BiasTableAttention,
+    offset_index,
+    resample_bias_table,
+    softmax_without_subnormals,
+)
 from efyolo.models.efficientformer_weights import load_efficientformer_weights
 from efyolo.models.registry import BACKBONES
 
@@ -43,6 +48,16 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
     "l3": ((4, 4, 12, 6), (64, 128, 320, 512), 4),
     "l7": ((6, 6, 18, 8), (96, 192, 384, 768), 8),
 }
+# Architecture options beyond (depths, widths, num_vit), for efyolo's own variants; the paper's
+# variants use EfficientFormer's defaults (see EfficientFormer's arguments).
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    # n0 is efyolo's CPU-latency variant (not in the paper, no ImageNet weights), found with
+    # `efyolo compare` (docs/compare.md): l0 without its stride-4 Meta4D block (the stem feeds the
+    # first downsample directly), MLP expansion 2 at stride 8 and 3 at 16/32 instead of 4, and a
+    # lighter Meta3D (4 heads, values 2 x 32 wide, MLP expansion 2).
+    "n0": {"mlp_ratios": (2, 2, 3, 3), "num_heads": 4, "attn_ratio": 2, "vit_mlp_ratio": 2},
+}
+VARIANTS["n0"] = ((0, 1, 3, 2), (24, 48, 112, 224), 1)
 SIZE_DIVISOR = 32  # total stride; every input side must be a multiple of it
 BIAS_RESOLUTION = 7  # side of the learned attention-bias table (224 / 32)
 
@@ -84,7 +99,7 @@ class Attention(BiasTableAttention):
         attn = q @ k.transpose(-2, -1)  # (B, heads, N, N) logits
         if self.scale != 1.0:  # 1.0 once fuse() folded the scale into q
             attn = attn * self.scale
-        attn = (attn + self.get_bias(grid[0], grid[1], attn.dtype)).softmax(dim=-1)
+        attn = softmax_without_subnormals(attn + self.get_bias(grid[0], grid[1], attn.dtype))
         x = (attn @ v).transpose(1, 2).reshape(B, N, self.num_heads * self.val_dim)
         return self.proj(x)
 
@@ -207,6 +222,36 @@ class Pooling(nn.Module):
         return self.pool(x) - x
 
 
+class RepDWMixer(nn.Module):
+    """Learnable, re-parameterizable token mixer (efyolo's, ``token_mixer="repdw"``): a depthwise
+    conv3x3 + BN branch in place of the fixed ``pool(x) - x``, ``[B, C, H, W]`` in and out.
+
+    In training the block computes ``x + ls1 * BN(dwconv(x))``. For inference
+    :meth:`fused_conv` folds the BN, the layer scale and the identity into one depthwise conv
+    with a bias (the identity is a 1 at each kernel's centre), so the mixer costs one depthwise
+    conv, no add, like the re-parameterized mixers of RepVGG-style CPU models.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+        self.norm = nn.BatchNorm2d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))
+
+    @torch.no_grad()
+    def fused_conv(self, gamma: Tensor) -> nn.Conv2d:
+        """One depthwise conv computing ``x + gamma * BN(dwconv(x))`` (eval-mode BN statistics)."""
+        c, k = self.conv.out_channels, self.conv.kernel_size[0]
+        s = self.norm.weight / (self.norm.running_var + self.norm.eps).sqrt()  # (C,)
+        fused = nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=True).to(self.conv.weight)
+        fused.weight.copy_(self.conv.weight * (gamma * s).view(c, 1, 1, 1))
+        fused.weight[:, 0, k // 2, k // 2] += 1.0  # the residual identity
+        fused.bias.copy_(gamma * (self.norm.bias - self.norm.running_mean * s))
+        return fused
+
+
 class ConvMlp(nn.Module):
     """conv1x1 -> BN -> GELU -> conv1x1 -> BN on ``[B, C, H, W]``."""
 
@@ -241,14 +286,25 @@ class LinearMlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+TOKEN_MIXERS = ("pool", "repdw")  # the paper's pooling; efyolo's re-parameterizable depthwise conv
+
+
 class Meta4D(nn.Module):
-    """``x + ls1 * (pool(x) - x)``, then ``x + ls2 * ConvMlp(x)``; ``[B, C, H, W]`` in and out."""
+    """``x + ls1 * mixer(x)`` (mixer ``pool(x) - x``, or :class:`RepDWMixer`), then
+    ``x + ls2 * ConvMlp(x)``; ``[B, C, H, W]`` in and out."""
 
     def __init__(
-        self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, ls_init: float = 1e-5
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        ls_init: float = 1e-5,
+        token_mixer: str = "pool",
     ) -> None:
         super().__init__()
-        self.token_mixer = Pooling()
+        if token_mixer not in TOKEN_MIXERS:
+            raise EfyoloError(f"unknown token_mixer {token_mixer!r} (choose from {', '.join(TOKEN_MIXERS)})")
+        self.token_mixer: nn.Module = Pooling() if token_mixer == "pool" else RepDWMixer(dim)
         self.ls1 = LayerScale(dim, ls_init, channel_dim=1)
         self.drop_path1 = _drop_path(drop_path)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
@@ -257,14 +313,21 @@ class Meta4D(nn.Module):
         self.fused = False  # set by fuse(): token mixer as one lerp
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused:  # x + ls1 * (pool(x) - x) as one lerp kernel instead of sub, mul, add
+        if self.fused and isinstance(self.token_mixer, Pooling):
+            # x + ls1 * (pool(x) - x) as one lerp kernel instead of sub, mul, add
             x = torch.lerp(x, self.token_mixer.pool(x), self.ls1.gamma.view(-1, 1, 1))
+        elif self.fused:  # RepDWMixer folded: one depthwise conv holds the identity and ls1
+            x = self.token_mixer(x)
         else:
             x = x + self.drop_path1(self.ls1(self.token_mixer(x)))
         return x + self.drop_path2(self.ls2(self.mlp(x)))
 
     def fuse(self) -> None:
-        # ls1 scales (pool(x) - x), which no conv precedes: it stays a per-channel scale.
+        # ls1 scales (pool(x) - x), which no conv precedes: it stays a per-channel scale. A
+        # RepDWMixer takes ls1 and the residual into its conv.
+        if isinstance(self.token_mixer, RepDWMixer):
+            self.token_mixer = self.token_mixer.fused_conv(self.ls1.gamma)
+            self.ls1 = nn.Identity()
         self.mlp.fuse()
         scale_output(self.mlp.fc2, self.ls2.gamma)
         self.ls2 = nn.Identity()
@@ -275,11 +338,17 @@ class Meta3D(nn.Module):
     """Pre-norm transformer block on tokens ``[B, N, C]`` of an ``(h, w)`` grid."""
 
     def __init__(
-        self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, ls_init: float = 1e-5
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        ls_init: float = 1e-5,
+        num_heads: int = 8,
+        attn_ratio: int = 4,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.token_mixer = Attention(dim)
+        self.token_mixer = Attention(dim, num_heads=num_heads, attn_ratio=attn_ratio)
         self.ls1 = LayerScale(dim, ls_init)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = LinearMlp(dim, int(dim * mlp_ratio))
@@ -320,6 +389,10 @@ class Stage(nn.Module):
         drop_paths: Sequence[float],
         mlp_ratio: float = 4.0,
         ls_init: float = 1e-5,
+        num_heads: int = 8,
+        attn_ratio: int = 4,
+        vit_mlp_ratio: float = 4.0,
+        token_mixer: str = "pool",
     ) -> None:
         super().__init__()
         self.downsample: nn.Module = Downsample(in_dim, dim) if downsample else nn.Identity()
@@ -327,8 +400,12 @@ class Stage(nn.Module):
         for i in range(depth):
             if i == depth - num_vit:
                 blocks.append(Flat())  # indexed like timm / official, so checkpoint keys match
-            block_cls = Meta3D if i >= depth - num_vit else Meta4D
-            blocks.append(block_cls(dim, mlp_ratio, drop_paths[i], ls_init))
+            if i >= depth - num_vit:
+                blocks.append(
+                    Meta3D(dim, vit_mlp_ratio, drop_paths[i], ls_init, num_heads, attn_ratio)
+                )
+            else:
+                blocks.append(Meta4D(dim, mlp_ratio, drop_paths[i], ls_init, token_mixer))
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -366,6 +443,12 @@ class EfficientFormer(nn.Module):
         drop_path_rate: stochastic-depth rate of the last block (linear from 0 over all blocks).
         out_indices: stages whose outputs ``forward`` returns (0..3 = stride 4, 8, 16, 32).
         name: variant name used in messages (e.g. ``"efficientformer_l1"``).
+        mlp_ratios: hidden-width expansion of the Meta4D MLPs, per stage (the paper: 4 everywhere).
+        ls_init: initial layer-scale value of every residual branch (the paper: 1e-5).
+        num_heads, attn_ratio, vit_mlp_ratio: the Meta3D blocks' attention heads, value width
+            per head in units of the 32-channel key, and MLP expansion (the paper: 8, 4, 4).
+        token_mixer: the Meta4D blocks' mixer, ``"pool"`` (the paper) or ``"repdw"``
+            (:class:`RepDWMixer`).
 
     Attributes:
         channels: channels of each returned map, e.g. ``[96, 224, 448]`` for L1.
@@ -380,8 +463,16 @@ class EfficientFormer(nn.Module):
         drop_path_rate: float = 0.0,
         out_indices: Sequence[int] = (1, 2, 3),
         name: str = "efficientformer",
+        mlp_ratios: Sequence[float] = (4.0, 4.0, 4.0, 4.0),
+        ls_init: float = 1e-5,
+        num_heads: int = 8,
+        attn_ratio: int = 4,
+        vit_mlp_ratio: float = 4.0,
+        token_mixer: str = "pool",
     ) -> None:
         super().__init__()
+        if len(mlp_ratios) != len(depths):
+            raise EfyoloError(f"{name}: {len(mlp_ratios)} mlp_ratios for {len(depths)} stages")
         if not out_indices or any(i not in range(len(depths)) for i in out_indices):
             raise EfyoloError(
                 f"{name}: out_indices must be stage indices 0..{len(depths) - 1}, got {out_indices}"
@@ -400,7 +491,12 @@ class EfficientFormer(nn.Module):
             start = sum(depths[:s])
             vit = num_vit if s == len(depths) - 1 else 0
             prev = widths[s - 1] if s else widths[0]
-            stages.append(Stage(prev, widths[s], depth, vit, s > 0, rates[start : start + depth]))
+            stages.append(
+                Stage(
+                    prev, widths[s], depth, vit, s > 0, rates[start : start + depth],
+                    mlp_ratios[s], ls_init, num_heads, attn_ratio, vit_mlp_ratio, token_mixer,
+                )
+            )
         self.stages = nn.ModuleList(stages)
         _init_weights(self)
 
@@ -451,7 +547,7 @@ def build_efficientformer(
     """Build EfficientFormer-``variant``, optionally loading ImageNet weights.
 
     Args:
-        variant: ``"l1"``, ``"l3"`` or ``"l7"``.
+        variant: ``"l1"``, ``"l3"``, ``"l7"`` (the paper's) or efyolo's ``"l0"``, ``"n0"``.
         weights: a local official or timm checkpoint (.pth/.pt/.safetensors), or None.
         drop_path_rate: stochastic-depth rate.
         **kwargs: ``out_indices`` (default ``(1, 2, 3)``).
@@ -467,7 +563,8 @@ def build_efficientformer(
             f"{name}: unknown argument(s) {', '.join(sorted(unknown))} (accepted: out_indices)"
         )
     depths, widths, num_vit = VARIANTS[variant]
-    model = EfficientFormer(depths, widths, num_vit, drop_path_rate, name=name, **kwargs)
+    options = VARIANT_OPTIONS.get(variant, {})
+    model = EfficientFormer(depths, widths, num_vit, drop_path_rate, name=name, **options, **kwargs)
     if weights is not None:
         load_efficientformer_weights(model, weights)
     return model
@@ -502,3 +599,13 @@ def efficientformer_l7(
 ) -> EfficientFormer:
     """EfficientFormer-L7 backbone: channels ``[192, 384, 768]`` at strides ``[8, 16, 32]``."""
     return build_efficientformer("l7", weights, drop_path_rate, **kwargs)
+
+
+
+@BACKBONES.register("efficientformer_n0")
+def efficientformer_n0(weights: str | Path | None = None, drop_path_rate: float = 0.0, **kwargs: Any) -> EfficientFormer:
+    """efyolo's CPU-latency EfficientFormer (depths 0,1,3,2; widths 24,48,112,224; MLP expansion
+    2,2,3,3; one 4-head Meta3D block): channels ``[48, 112, 224]`` at strides ``[8, 16, 32]``, as
+    fast as yolov5n's CSP backbone in ONNX Runtime. No ImageNet weights exist for it."""
+    return build_efficientformer("n0", weights, drop_path_rate, **kwargs)
+

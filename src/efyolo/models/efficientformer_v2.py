@@ -52,6 +52,7 @@ from efyolo.models.attention_bias import (
     BiasTableAttention,
     offset_index,
     resample_bias_table,
+    softmax_without_subnormals,
     strided_offset_index,
 )
 from efyolo.models.efficientformer import DropPath, LayerScale, fold_bn, scale_output
@@ -182,7 +183,7 @@ class Attention4D(BiasTableAttention):
         if self.scale != 1.0:  # 1.0 once fuse() folded the scale into q
             attn = attn * self.scale
         attn = attn + self.get_bias(h, w, attn.dtype)
-        attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))  # mixes the heads
+        attn = self.talking_head2(softmax_without_subnormals(self.talking_head1(attn)))  # mixes the heads
 
         x = (attn @ v).transpose(-2, -1).reshape(B, nh * self.val_dim, h, w) + v_local
         if self.stride_conv is not None:  # back to exactly the input grid
@@ -263,7 +264,7 @@ class Attention4DDownsample(BiasTableAttention):
         attn = q @ k  # (B, nh, Nq, Nk)
         if self.scale != 1.0:
             attn = attn * self.scale
-        attn = (attn + self.get_bias(H, W, attn.dtype)).softmax(dim=-1)
+        attn = softmax_without_subnormals(attn + self.get_bias(H, W, attn.dtype))
         x = (attn @ v).transpose(-2, -1).reshape(B, nh * self.val_dim, hq, wq) + v_local
         return self.proj(self.act(x))
 

@@ -35,7 +35,7 @@ _RESERVED = ("pretrained", "features_only", "out_indices", "pretrained_cfg_overl
 # timm families that work only at their img_size, and efyolo's own implementation of each.
 _OWN_IMPLEMENTATION = {
     "efficientformerv2_": "efficientformerv2_s0 (efficientformerv2_s0/s1/s2/l)",
-    "efficientformer_": "efficientformer_l1 (efficientformer_l0/l1/l3/l7)",
+    "efficientformer_": "efficientformer_l1 (efficientformer_n0/l0/l1/l3/l7)",
 }
 _PLANS: dict[tuple[str, str], "_Plan"] = {}
 
