@@ -406,7 +406,12 @@ def test_mlp_ratios_must_match_the_stages():
 
 
 def test_rep_dw_mixer_folds_into_one_depthwise_conv():
-    from efyolo.models.efficientformer import VARIANT_OPTIONS, EfficientFormer, Meta4D, RepDWMixer
+    from efyolo.models.efficientformer import (
+        VARIANT_OPTIONS,
+        EfficientFormer,
+        Meta4D,
+        RepDWMixer,
+    )
 
     options = {**VARIANT_OPTIONS["n0"], "token_mixer": "repdw"}
     model = EfficientFormer(*VARIANTS["n0"], **options)

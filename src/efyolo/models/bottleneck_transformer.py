@@ -24,7 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from efyolo.models.attention_bias import BiasTableAttention, resample_bias_table, softmax_without_subnormals
+from efyolo.models.attention_bias import (
+    BiasTableAttention,
+    resample_bias_table,
+    softmax_without_subnormals,
+)
 from efyolo.models.blocks import C3, ActFactory, Conv
 
 REFERENCE_GRID = 20  # R: the token grid of a 640-px input at stride 32, where the table is exact
