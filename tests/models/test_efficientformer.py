@@ -386,16 +386,19 @@ def test_n0_is_l0_without_the_stride4_block_and_with_lighter_mlps():
     assert flops[0] < 0.65 * flops[1]  # 2.17 vs 3.61 GFLOPs at 640 (2 x MACs)
 
 
-def test_n0_fuse_keeps_outputs_at_any_size():
-    model = BACKBONES.get("efficientformer_n0")()
-    randomise(model, seed=5)
+def assert_fuse_keeps_outputs(model: nn.Module, size: tuple[int, int], seed: int) -> None:
+    randomise(model, seed=seed)
     model.eval()
-    x = torch.randn(1, 3, 256, 320)
+    x = torch.randn(1, 3, *size)
     with torch.no_grad():
         before = model(x)
         after = model.fuse()(x)
     for a, b in zip(before, after):
         assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().clamp_min(1.0).item()
+
+
+def test_n0_fuse_keeps_outputs_at_any_size():
+    assert_fuse_keeps_outputs(BACKBONES.get("efficientformer_n0")(), (256, 320), seed=5)
 
 
 def test_mlp_ratios_must_match_the_stages():
@@ -417,14 +420,7 @@ def test_rep_dw_mixer_folds_into_one_depthwise_conv():
     model = EfficientFormer(*VARIANTS["n0"], **options)
     blocks = [b for b in model.modules() if isinstance(b, Meta4D)]
     assert len(blocks) == 5 and all(isinstance(b.token_mixer, RepDWMixer) for b in blocks)
-    randomise(model, seed=6)
-    model.eval()
-    x = torch.randn(1, 3, 224, 288)
-    with torch.no_grad():
-        before = model(x)
-        after = model.fuse()(x)
-    for a, b in zip(before, after):
-        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().clamp_min(1.0).item()
+    assert_fuse_keeps_outputs(model, (224, 288), seed=6)
     for b in blocks:  # identity + ls1 * BN(dwconv) is one depthwise conv with a bias, nothing else
         mixer = b.token_mixer
         assert isinstance(mixer, nn.Conv2d) and mixer.groups == mixer.in_channels and mixer.bias is not None
