@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
     # l0 is efyolo's own CPU-sized variant (not in the paper, no ImageNet weights): the L1 design
     # at half its width and a third of its depth, for the CPU training demo.
     "l0": ((1, 1, 3, 2), (24, 48, 112, 224), 1),
+    # n0: efyolo's CPU-latency variant (see VARIANT_OPTIONS): no stride-4 block
+    "n0": ((0, 1, 3, 2), (24, 48, 112, 224), 1),
     "l1": ((3, 2, 6, 4), (48, 96, 224, 448), 1),
     "l3": ((4, 4, 12, 6), (64, 128, 320, 512), 4),
     "l7": ((6, 6, 18, 8), (96, 192, 384, 768), 8),
@@ -57,7 +59,6 @@ VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
     # lighter Meta3D (4 heads, values 2 x 32 wide, MLP expansion 2).
     "n0": {"mlp_ratios": (2, 2, 3, 3), "num_heads": 4, "attn_ratio": 2, "vit_mlp_ratio": 2},
 }
-VARIANTS["n0"] = ((0, 1, 3, 2), (24, 48, 112, 224), 1)
 SIZE_DIVISOR = 32  # total stride; every input side must be a multiple of it
 BIAS_RESOLUTION = 7  # side of the learned attention-bias table (224 / 32)
 
