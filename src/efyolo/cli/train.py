@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     # Defaults of None mean "the library's default" (TrainConfig), so Python and CLI agree.
     p.add_argument("--data", help="dataset YAML (default: the built-in synthetic dataset)")
-    p.add_argument("--model", help="model name or YAML (default: yolov5s; without --data yolov5n-efficientformer-l0)")
+    p.add_argument("--model", help="model name or YAML (default: yolov5s; without --data yolov5n-efficientformer-n0)")
     p.add_argument("--imgsz", type=int, help="train/val image size (default 640; 192 without --data)")
     p.add_argument("--epochs", type=int, help="epochs (default 100; without --data 11, re-planned by --time)")
     p.add_argument("--time", type=float,

@@ -18,7 +18,7 @@ from efyolo.utils.yaml_io import read_yaml_mapping
 # detector sized for a CPU, for a run of under 10 minutes on 2 cores (docs/demo.md).
 # These values replace the generic defaults only for options the user did not set.
 DEMO_DEFAULTS = {
-    "model": "yolov5n-efficientformer-l0",
+    "model": "yolov5n-efficientformer-n0",  # beat l0 at equal time: docs/compare.md
     "imgsz": 192,
     "epochs": 11,  # the first plan; --time re-plans it after every epoch
     # 9.3 minutes in all, so that the run ends within 10 on a 2-core machine of any speed: a faster
