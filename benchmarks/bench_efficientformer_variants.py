@@ -94,8 +94,8 @@ def run(imgsz: int, threads: int, passes: int, runs_per_pass: int, warmup: int) 
                 list(model.names), (imgsz, imgsz),
             )
             sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            rows[name] = {"model": name, "params_m": round(params / 1e6, 3), "gflops": round(gflops, 2)}
-            rows[name]["times"] = []
+            rows[name] = {"model": name, "params_m": round(params / 1e6, 3), "gflops": round(gflops, 2),
+                          "times": []}
         x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
         feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
         for name, s in sessions.items():

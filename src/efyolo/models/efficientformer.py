@@ -311,7 +311,7 @@ class Meta4D(nn.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, ls_init, channel_dim=1)
         self.drop_path2 = _drop_path(drop_path)
-        self.fused = False  # set by fuse(): token mixer as one lerp
+        self.fused = False  # set by fuse(): pooling mixer as one lerp, RepDWMixer as one conv
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused and isinstance(self.token_mixer, Pooling):
