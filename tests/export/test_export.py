@@ -415,13 +415,16 @@ def test_cli_export_prints_paths_next_to_weights(weights, capsys) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--format", "tflite"], "unknown export format 'tflite'"),
+        (["--format", "tensorrt"], "unknown export format 'tensorrt'"),
         (["--imgsz", "100"], "100 is not a positive multiple of the model stride 32"),
         (["--imgsz", "64", "64", "64"], "expected one size or"),
         (["--half"], "--half for onnx needs a CUDA device"),
         (["--opset", "13"], "supported opsets are 17"),
         (["--batch", "0"], "--batch must be at least 1"),
-        (["--format", "coreml", "--nms"], "coreml export supports neither"),
+        (["--format", "coreml", "--nms"], "coreml export does not support --nms (--nms works with: onnx"),
+        (["--format", "torchscript", "--int8"], "torchscript export does not support --int8"),
+        (["--int8"], "--int8 needs --data"),
+        (["--int8", "--half"], "--half and --int8 exclude each other"),
         (["--nms", "--conf", "1.5"], "must be in [0, 1]"),
     ],
 )

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, nargs="+", default=None,
                    help="size: S or H W (default: the checkpoint's; 640 with --models)")
     p.add_argument("--formats", nargs="+", action="extend", default=None,
-                   help="pytorch, torchscript, onnx, openvino, coreml (default: all but coreml)")
+                   help="pytorch, torchscript, onnx, openvino, coreml, litert, ncnn, each optionally :fp16 or :int8 (onnx:int8); default: all but coreml")
     p.add_argument("--runs", type=int, default=20, help="timed runs, the median is reported (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: torch's)")

@@ -20,8 +20,22 @@ import torch
 
 from efyolo.errors import EfyoloError
 
-FORMATS = ("pytorch", "torchscript", "onnx", "openvino", "coreml")
-DEFAULT_FORMATS = ("pytorch", "torchscript", "onnx", "openvino")
+# a format, optionally with a precision: "onnx", "onnx:int8", "litert:fp16", "ncnn:fp16"
+FORMATS = ("pytorch", "torchscript", "onnx", "openvino", "coreml", "litert", "ncnn")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_FORMATS = ("pytorch", "torchscript", "onnx", "onnx:int8", "openvino", "openvino:int8", "litert",
+                   "litert:fp16", "litert:int8", "ncnn", "ncnn:fp16")
+
+
+def parse_format(item: str) -> tuple[str, str]:
+    """``"onnx:int8"`` -> ``("onnx", "int8")``; a bare name is float32. Unknown names raise."""
+    from efyolo.export.exporter import check_format
+
+    name, _, prec = str(item).strip().lower().partition(":")
+    prec = prec or "fp32"
+    if prec not in PRECISIONS:
+        raise EfyoloError(f"benchmark format {item!r}: precision must be one of {', '.join(PRECISIONS)}")
+    return (name if name == "pytorch" else check_format(name)), prec
 
 
 @dataclass
@@ -29,6 +43,7 @@ class FormatRow:
     """One line of the format table; ``None`` where the column does not apply (see ``status``)."""
 
     format: str
+    precision: str = "fp32"
     file: str | None = None
     size_mb: float | None = None
     map: float | None = None  # mAP50-95 on the data's split
@@ -174,22 +189,25 @@ def benchmark_formats(
     from efyolo.utils.checks import check_imgsz
     from efyolo.runtime.autobackend import load_backend
     from efyolo.utils.devices import select_device
-    from efyolo.export.exporter import check_format, export_model
+    from efyolo.export.exporter import export_model
 
     _check_runs(runs, warmup)
-    names = [str(f).lower() for f in formats]
-    for f in names:
-        if f != "pytorch":
-            check_format(f)
+    jobs = [parse_format(f) for f in formats]
     dev = select_device(device)
     rows = []
     with torch_threads(threads) as n_threads:
         reference = load_backend(weights, dev)
         size = check_imgsz(imgsz if imgsz is not None else getattr(reference, "imgsz", None) or 640, reference.stride)
-        for fmt in names:
-            row = FormatRow(fmt)
+        for fmt, prec in jobs:
+            row = FormatRow(fmt, prec)
             try:
-                path = Path(weights) if fmt == "pytorch" else export_model(weights, fmt, imgsz=size, device=dev)
+                if prec == "int8" and data is None:
+                    raise EfyoloError("INT8 needs --data to calibrate on")
+                if fmt == "pytorch" and prec != "fp32":
+                    raise EfyoloError("the PyTorch row is the float32 checkpoint")
+                path = Path(weights) if fmt == "pytorch" else export_model(
+                    weights, fmt, imgsz=size, device=dev, half=prec == "fp16", int8=prec == "int8", data=data,
+                    output=bench_path(weights, fmt, prec))
                 row.file, row.size_mb = str(path), file_size_mb(path)
                 if fmt == "coreml":
                     row.status = "exported; CoreML runs on Apple devices only"
@@ -205,6 +223,15 @@ def benchmark_formats(
             rows.append(row)
     return Report(rows, list(size), 1, runs, warmup, n_threads, str(dev), machine_info(), str(weights),
                   str(data) if data is not None else None)
+
+
+def bench_path(weights: str | Path, fmt: str, prec: str) -> Path:
+    """Benchmark exports go next to the weights with the precision in the name (``best_fp16_ncnn_model``)."""
+    from efyolo.export.formats import get_format
+
+    weights = Path(weights)
+    tag = "" if prec == "fp32" else f"_{prec}"
+    return weights.with_name(weights.stem + tag + get_format(fmt).suffix)
 
 
 def _validate(path: Path, data: str | Path, size: tuple[int, int], device: torch.device, split: str) -> dict[str, Any]:
@@ -284,11 +311,11 @@ def format_report(report: Report) -> str:
                 + ("" if r.status == "ok" else f"  {r.status}")
             )
     else:
-        header = f"{'format':<12} {'size (MB)':>9} {'mAP50-95':>8} {'mAP50':>7} {'latency (ms)':>12}  status"
+        header = f"{'format':<12} {'precision':<9} {'size (MB)':>9} {'mAP50-95':>8} {'mAP50':>7} {'latency (ms)':>12}  status"
         lines += [header, "-" * len(header)]
         for r in report.rows:
             lines.append(
-                f"{r.format:<12} {_fmt(r.size_mb, '.1f'):>9} {_fmt(r.map, '.4f'):>8} {_fmt(r.map50, '.4f'):>7} "
+                f"{r.format:<12} {r.precision:<9} {_fmt(r.size_mb, '.1f'):>9} {_fmt(r.map, '.4f'):>8} {_fmt(r.map50, '.4f'):>7} "
                 f"{_fmt(r.latency_ms, '.1f'):>12}  {r.status}"
             )
     m = report.machine

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from efyolo.export.formats import ExportFormat, ExportJob, register
 from efyolo.export.metadata import encode
 from efyolo.export.onnx import INPUT_NAME, OUTPUT_NAME, quiet_tracing
 from efyolo.export.requires import require
@@ -96,3 +97,13 @@ def register_missing_ops() -> None:
 
         int_of_scalar.efyolo_scalar = True  # type: ignore[attr-defined]
         registry.set_func_by_name(int_of_scalar, "int")
+
+
+def write(job: ExportJob) -> Path:
+    """The registered writer."""
+    return export_coreml(job.model, job.example, job.path, job.metadata, job.half)
+
+
+FORMAT = register(
+    ExportFormat("coreml", ".mlpackage", write, half="cpu", packages=("coremltools",), runs_here=False)
+)

@@ -4,13 +4,16 @@ Fields (one flat dict of JSON values)::
 
     format          "efyolo-export"
     version         METADATA_VERSION (readers refuse newer versions)
-    export_format   "onnx" | "torchscript" | "openvino" | "coreml"
+    export_format   "onnx" | "torchscript" | "openvino" | "coreml" | "litert" | "ncnn"
     names           class names, list[str]
     stride          largest stride (input sides must be multiples of it), int
     imgsz           [h, w] export / default inference size
     batch           batch size of the export (the fixed batch unless ``dynamic``)
     dynamic         whether batch and image size are free
     half            float16 weights and inputs
+    precision       "fp32" | "fp16" | "int8" (files written before this key: fp32 or fp16 by ``half``)
+    quantization    (INT8 only) how it was quantized: method, per_channel, what stayed float,
+                    the calibration set (data, split, images)
     nms             end-to-end output ``[B, max_det, 6]`` (x1, y1, x2, y2, score, class)
                     instead of raw predictions ``[B, N, 5 + nc]``
     nms_conf, nms_iou, max_det   the NMS settings baked into the graph (when ``nms``)
@@ -18,7 +21,8 @@ Fields (one flat dict of JSON values)::
     efyolo          efyolo version that wrote the file
 
 Each format stores the dict its own way (ONNX ``metadata_props``, TorchScript ``_extra_files``,
-OpenVINO ``rt_info`` plus a ``metadata.yaml`` next to the IR, CoreML ``user_defined_metadata``):
+OpenVINO ``rt_info`` plus a ``metadata.yaml`` next to the IR, CoreML ``user_defined_metadata``,
+LiteRT inside the ``.tflite`` file, ncnn a ``metadata.yaml`` in the model folder):
 one string per key holding the JSON of the value, read back by :func:`decode`.
 """
 
@@ -44,6 +48,7 @@ def build_metadata(
     half: bool,
     nms: Mapping[str, Any] | None,
     model_name: str | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """The metadata dict of one export (see the module docstring for the fields).
 
@@ -62,6 +67,7 @@ def build_metadata(
         "batch": int(batch),
         "dynamic": bool(dynamic),
         "half": bool(half),
+        "precision": "int8" if int8 else "fp16" if half else "fp32",
         "nms": nms is not None,
     }
     if nms is not None:
@@ -70,6 +76,11 @@ def build_metadata(
         meta["model"] = str(model_name)
     meta["efyolo"] = __version__
     return meta
+
+
+def precision(meta: Mapping[str, Any]) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"int8"`` of a read metadata dict (older files have no ``precision`` key)."""
+    return str(meta.get("precision") or ("fp16" if meta.get("half") else "fp32"))
 
 
 def encode(meta: Mapping[str, Any]) -> dict[str, str]:

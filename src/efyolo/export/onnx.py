@@ -21,6 +21,7 @@ from efyolo.errors import EfyoloError
 from efyolo.utils.files import temp_file_beside
 from efyolo.export.metadata import encode
 from efyolo.export.nms_graph import EndToEnd
+from efyolo.export.formats import ExportFormat, ExportJob, register
 from efyolo.export.requires import require
 
 MIN_OPSET = 17
@@ -134,3 +135,17 @@ def set_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
         entry.key, entry.value = key, value
     proto.producer_name = "efyolo"
     proto.producer_version = str(metadata.get("efyolo", ""))
+
+
+def write(job: ExportJob) -> Path:
+    """The registered writer: float ONNX, or INT8 (QDQ) when the job carries calibration images."""
+    if job.calibration is not None:
+        from efyolo.export.onnx_int8 import write_int8_onnx
+
+        return write_int8_onnx(job)
+    return export_onnx(job.model, job.example, job.path, job.metadata, job.opset, job.dynamic, job.simplify, job.nms)
+
+
+FORMAT = register(
+    ExportFormat("onnx", ".onnx", write, dynamic=True, nms=True, half="cuda", int8=True, packages=("onnx",))
+)

@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from efyolo.errors import EfyoloError
+from efyolo.export.formats import ExportFormat, ExportJob, register
 from efyolo.export.metadata import decode, encode
 from efyolo.export.onnx import export_onnx
 from efyolo.export.requires import require
@@ -34,11 +35,16 @@ def export_openvino(
     simplify: bool = False,
     nms: Mapping[str, Any] | None = None,
     half: bool = False,
+    calibration: Any = None,
+    int8_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the IR folder ``out_dir`` (replacing an earlier export there).
 
     Args:
         half: store the weights in float16 (the CPU plugin computes in float32 either way).
+        calibration: letterboxed ``float32 [B, 3, H, W]`` batches: quantize to INT8 with NNCF
+            (:mod:`efyolo.export.openvino_int8`) and record how in the metadata.
+        int8_options: options of :func:`efyolo.export.openvino_int8.quantize_openvino`.
         other arguments: as :func:`efyolo.export.onnx.export_onnx`.
 
     Returns:
@@ -50,6 +56,13 @@ def export_openvino(
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
         onnx_path = export_onnx(model, example, Path(tmp) / f"{stem}.onnx", metadata, opset, dynamic, simplify, nms)
         ov_model = ov.convert_model(str(onnx_path))
+        if calibration is not None:
+            from efyolo.export.onnx_int8 import detector_scopes
+            from efyolo.export.openvino_int8 import quantize_openvino
+
+            scopes = detector_scopes(model, wrapped=bool(nms))
+            ov_model, report = quantize_openvino(ov_model, calibration, scopes, int8_options)
+            metadata = {**metadata, "quantization": {**report, "calibration": calibration.describe()}}
         for key, value in encode(metadata).items():
             ov_model.set_rt_info(value, [RT_INFO_KEY, key])
         build = Path(tmp) / "ir"
@@ -91,3 +104,19 @@ def read_metadata(ov_model: Any, xml: Path) -> dict[str, Any]:
 
         return validate(yaml.safe_load(sidecar.read_text()), str(sidecar))
     return decode({}, str(xml))  # raises: no metadata
+
+
+def write(job: ExportJob) -> Path:
+    """The registered writer (INT8 through NNCF when the job carries calibration images)."""
+    return export_openvino(
+        job.model, job.example, job.path, job.metadata, job.opset, job.dynamic, job.simplify, job.nms, job.half,
+        job.calibration, job.int8_options,
+    )
+
+
+FORMAT = register(
+    ExportFormat(
+        "openvino", "_openvino_model", write, dynamic=True, nms=True, half="cpu", int8=True,
+        packages=("openvino", "onnx"),
+    )
+)

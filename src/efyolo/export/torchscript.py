@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from efyolo.export.formats import ExportFormat, ExportJob, register
 from efyolo.export.nms_graph import EndToEnd
 from efyolo.export.onnx import quiet_tracing
 from efyolo.utils.files import temp_file_beside
@@ -65,3 +66,11 @@ def load_torchscript(path: str | Path, device: torch.device) -> tuple[torch.jit.
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     text = extra[EXTRA_FILE]
     return module.eval(), (json.loads(text) if text else None)
+
+
+def write(job: ExportJob) -> Path:
+    """The registered writer."""
+    return export_torchscript(job.model, job.example, job.path, job.metadata, job.nms)
+
+
+FORMAT = register(ExportFormat("torchscript", ".torchscript", write, dynamic=True, nms=True, half="cuda"))

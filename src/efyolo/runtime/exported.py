@@ -1,4 +1,5 @@
-"""Runtime backends for exported models: ONNX Runtime, OpenVINO and TorchScript.
+"""Runtime backends for exported models: ONNX Runtime, OpenVINO and TorchScript (LiteRT and ncnn in
+:mod:`efyolo.runtime.litert` and :mod:`efyolo.runtime.ncnn`).
 
 Each satisfies :class:`efyolo.runtime.autobackend.Backend` (``float32 [B, 3, H, W]`` in ``[0, 1]`` ->
 ``[B, N, 5 + nc]`` raw predictions, plus ``names``, ``stride``, ``fp16``, ``device``) and reads
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from efyolo.errors import EfyoloError
-from efyolo.export.metadata import decode, validate
+from efyolo.export.metadata import decode, precision, validate
 from efyolo.export.requires import require
 from efyolo.ops.boxes import xyxy2xywh
 from efyolo.utils.log import LOGGER
@@ -77,6 +78,7 @@ class ExportedBackend:
         self.fp16 = fp16
         self.device = device
         self.end2end = bool(meta.get("nms"))
+        self.precision = precision(meta)  # "fp32" | "fp16" | "int8"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the runtime on ``x`` (already in the model's dtype and, if fixed, shape)."""
@@ -111,6 +113,20 @@ def _default_threads(threads: int | None) -> int:
     return int(threads) if threads else torch.get_num_threads()
 
 
+def check_int8_onnx(path: Path) -> None:
+    """Refuse an ONNX file whose metadata says INT8 but whose graph holds no quantized op (not an
+    efyolo INT8 export: metadata copied onto another graph)."""
+    try:
+        import onnx
+    except ImportError:  # running without the converter: trust the metadata
+        return
+    from efyolo.export.onnx_int8 import is_quantized
+
+    if not is_quantized(onnx.load(str(path), load_external_data=False)):
+        raise EfyoloError(f"{path}: its metadata says INT8 but the graph holds no quantized ops; "
+                          "re-export it with `efyolo export --int8 --data ...`")
+
+
 class OnnxRuntimeBackend(ExportedBackend):
     """An ``.onnx`` export on ONNX Runtime (CUDA provider when asked for and installed, else CPU).
 
@@ -143,6 +159,8 @@ class OnnxRuntimeBackend(ExportedBackend):
         except Exception as err:  # onnxruntime raises its own pybind exception types
             raise EfyoloError(f"{path} is not a readable ONNX model ({str(err).strip()[:200]})") from None
         meta = decode(session.get_modelmeta().custom_metadata_map, str(path))
+        if precision(meta) == "int8":
+            check_int8_onnx(path)
         inp = session.get_inputs()[0]
         shape = inp.shape  # ints, or names for dynamic axes
         fixed = tuple(int(d) for d in shape) if all(isinstance(d, int) for d in shape) else None
@@ -226,27 +244,46 @@ def _coreml_unavailable(path: Path, device: torch.device, half: bool = False, fu
     )
 
 
-# weights suffix -> factory(path, device, half=..., fuse=...)
+def _litert(path: Path, device: torch.device, half: bool = False, fuse: bool = True, **kw: Any) -> ExportedBackend:
+    from efyolo.runtime.litert import LiteRTBackend
+
+    return LiteRTBackend(path, device, half=half, fuse=fuse, **kw)
+
+
+def _ncnn(path: Path, device: torch.device, half: bool = False, fuse: bool = True, **kw: Any) -> ExportedBackend:
+    from efyolo.runtime.ncnn import NcnnBackend
+
+    return NcnnBackend(path, device, half=half, fuse=fuse, **kw)
+
+
+# weights suffix -> factory(path, device, half=..., fuse=..., threads=...)
 EXPORTED_BACKENDS: dict[str, Callable[..., ExportedBackend]] = {
     ".onnx": OnnxRuntimeBackend,
     ".torchscript": TorchScriptBackend,
     ".xml": OpenVINOBackend,
+    ".tflite": _litert,
+    ".param": _ncnn,
     ".mlpackage": _coreml_unavailable,
     ".mlmodel": _coreml_unavailable,
 }
 OPENVINO_DIR_SUFFIX = "_openvino_model"
+NCNN_DIR_SUFFIX = "_ncnn_model"
 
 
 def find_backend(path: str | Path) -> Callable[..., ExportedBackend] | None:
     """The factory for an exported model at ``path`` (by suffix; a folder holding an OpenVINO
-    ``.xml`` is OpenVINO), or ``None`` if it is not an exported format."""
+    ``.xml`` is OpenVINO, one named ``*_ncnn_model`` or holding a ``.param`` is ncnn), or ``None``
+    if it is not an exported format."""
     path = Path(path)
     factory = EXPORTED_BACKENDS.get(path.suffix.lower())
-    if factory is None and path.is_dir() and (path.name.endswith(OPENVINO_DIR_SUFFIX) or any(path.glob("*.xml"))):
-        factory = OpenVINOBackend
+    if factory is None and path.is_dir():
+        if path.name.endswith(OPENVINO_DIR_SUFFIX) or any(path.glob("*.xml")):
+            factory = OpenVINOBackend
+        elif path.name.endswith(NCNN_DIR_SUFFIX) or any(path.glob("*.param")):
+            factory = _ncnn
     return factory
 
 
 def supported_suffixes() -> list[str]:
     """The weights suffixes that exported backends open (for messages)."""
-    return sorted(set(EXPORTED_BACKENDS)) + [f"{OPENVINO_DIR_SUFFIX}/"]
+    return sorted(set(EXPORTED_BACKENDS)) + [f"{OPENVINO_DIR_SUFFIX}/", f"{NCNN_DIR_SUFFIX}/"]
