@@ -76,7 +76,7 @@ def test_format_report_table() -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--formats", "tflite"], "unknown export format 'tflite'"),
+        (["--formats", "tensorrt"], "unknown export format 'tensorrt'"),
         (["--imgsz", "70"], "70 is not a positive multiple"),
     ],
 )

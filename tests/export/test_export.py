@@ -441,9 +441,9 @@ def test_bad_weights_and_formats(tmp_path) -> None:
     junk.write_bytes(b"not a model")
     with pytest.raises(EfyoloError, match="not a readable ONNX model"):
         load_backend(junk, CPU)
-    with pytest.raises(EfyoloError, match="unsupported weights format '.tflite'"):
-        (tmp_path / "m.tflite").write_bytes(b"")
-        load_backend(tmp_path / "m.tflite", CPU)
+    with pytest.raises(EfyoloError, match="unsupported weights format '.engine'"):
+        (tmp_path / "m.engine").write_bytes(b"")
+        load_backend(tmp_path / "m.engine", CPU)
 
 
 def test_missing_package_message(weights, monkeypatch) -> None:

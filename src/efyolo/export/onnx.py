@@ -142,7 +142,7 @@ def write(job: ExportJob) -> Path:
     if job.calibration is not None:
         from efyolo.export.onnx_int8 import write_int8_onnx
 
-        return write_int8_onnx(job)
+        return write_int8_onnx(job, export_onnx, set_metadata)
     return export_onnx(job.model, job.example, job.path, job.metadata, job.opset, job.dynamic, job.simplify, job.nms)
 
 

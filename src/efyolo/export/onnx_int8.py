@@ -241,9 +241,11 @@ def quantize_onnx(
     return QuantizationReport(asdict(options), keep, count_quantized_ops(result))
 
 
-def write_int8_onnx(job: Any) -> Path:
-    """The ``--format onnx --int8`` writer: float export, quantize, metadata; atomic at ``job.path``."""
-    from efyolo.export.onnx import export_onnx, set_metadata
+def write_int8_onnx(job: Any, export_onnx: Any, set_metadata: Any) -> Path:
+    """The ``--format onnx --int8`` writer: float export, quantize, metadata; atomic at ``job.path``.
+
+    ``export_onnx`` and ``set_metadata`` are :mod:`efyolo.export.onnx`'s (passed in: that module
+    dispatches here, so importing it back would make a cycle)."""
     from efyolo.utils.files import temp_file_beside
 
     onnx = require("onnx", "INT8 ONNX export")

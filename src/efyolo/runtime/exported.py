@@ -21,6 +21,7 @@ everything else from the metadata embedded at export (:mod:`efyolo.export.metada
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -244,16 +245,17 @@ def _coreml_unavailable(path: Path, device: torch.device, half: bool = False, fu
     )
 
 
-def _litert(path: Path, device: torch.device, half: bool = False, fuse: bool = True, **kw: Any) -> ExportedBackend:
-    from efyolo.runtime.litert import LiteRTBackend
+def _plugin(module: str, cls: str) -> Callable[..., ExportedBackend]:
+    """A factory that imports ``module`` (which subclasses :class:`ExportedBackend`) only when used."""
 
-    return LiteRTBackend(path, device, half=half, fuse=fuse, **kw)
+    def factory(path: Path, device: torch.device, half: bool = False, fuse: bool = True, **kw: Any) -> ExportedBackend:
+        return getattr(importlib.import_module(module), cls)(path, device, half=half, fuse=fuse, **kw)
+
+    return factory
 
 
-def _ncnn(path: Path, device: torch.device, half: bool = False, fuse: bool = True, **kw: Any) -> ExportedBackend:
-    from efyolo.runtime.ncnn import NcnnBackend
-
-    return NcnnBackend(path, device, half=half, fuse=fuse, **kw)
+_litert = _plugin("efyolo.runtime.litert", "LiteRTBackend")
+_ncnn = _plugin("efyolo.runtime.ncnn", "NcnnBackend")
 
 
 # weights suffix -> factory(path, device, half=..., fuse=..., threads=...)
