@@ -317,11 +317,11 @@ def test_real_model_tta_and_rectangular_sizes(tmp_path):
 def test_bad_weights(tmp_path):
     torch.save({"epoch": 3, "model": {}}, tmp_path / "other.pt")
     (tmp_path / "damaged.pt").write_bytes(b"PK\x03\x04 truncated zip")
-    (tmp_path / "model.tflite").write_bytes(b"tflite")
+    (tmp_path / "model.engine").write_bytes(b"tflite")
     cases = {
         "other.pt": "other.pt is not an efyolo checkpoint",
         "damaged.pt": "damaged.pt is not a readable efyolo checkpoint",
-        "model.tflite": "unsupported weights format '.tflite'",
+        "model.engine": "unsupported weights format '.engine'",
         "missing.pt": "missing.pt does not exist",
     }
     for name, match in cases.items():

@@ -150,7 +150,7 @@ def convert_flatbuffer(model: nn.Module, example: torch.Tensor) -> bytes:
         EfyoloError: one line naming the op the converter stopped at.
     """
     with captured_output() as out:
-        litert_torch = require("litert_torch", "LiteRT export")  # its import logs too
+        litert_torch = require("litert_torch", "LiteRT export", "litert")  # its import logs too
         try:
             with torch.no_grad():
                 edge = litert_torch.convert(_ForConversion(model).eval(), (example.float(),))
@@ -163,7 +163,7 @@ def convert_flatbuffer(model: nn.Module, example: torch.Tensor) -> bytes:
 def quantize_float16(content: bytes) -> bytes:
     """Weight-only float16: conv / fully-connected weights stored as float16 (see the module docstring)."""
     with captured_output() as out:
-        aeq = require("ai_edge_quantizer", "LiteRT --half")
+        aeq = require("ai_edge_quantizer", "LiteRT --half", "litert")
         from ai_edge_quantizer import qtyping
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -247,7 +247,7 @@ def quantize_int8(content: bytes, inputs: list[np.ndarray]) -> bytes:
     """Full-integer INT8 with float32 input and output (see the module docstring), ranges calibrated
     on ``inputs`` (each the model's input shape)."""
     with captured_output() as out:
-        aeq = require("ai_edge_quantizer", "LiteRT int8")
+        aeq = require("ai_edge_quantizer", "LiteRT int8", "litert")
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_quantizer import qtyping, recipe
         from ai_edge_quantizer.algorithm_manager import AlgorithmName

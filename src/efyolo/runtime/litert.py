@@ -27,7 +27,7 @@ def interpreter_class() -> Any:
         EfyoloError: none of them is installed (naming ai-edge-litert).
     """
     try:
-        return require("ai_edge_litert.interpreter", "running LiteRT models").Interpreter
+        return require("ai_edge_litert.interpreter", "running LiteRT models", "litert").Interpreter
     except EfyoloError as missing:
         for module, attribute in (("tflite_runtime.interpreter", "Interpreter"), ("tensorflow", "lite")):
             try:
