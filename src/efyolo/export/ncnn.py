@@ -19,7 +19,6 @@ are caught here, after conversion, and named. Three rewrites (same values) avoid
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from efyolo.export.formats import ExportFormat, ExportJob, register
 from efyolo.export.metadata import validate
 from efyolo.export.onnx import quiet_tracing
 from efyolo.export.requires import require
+from efyolo.utils.capture import captured_output
 
 PARAM, BIN, SIDECAR = "model.ncnn.param", "model.ncnn.bin", "metadata.yaml"
 PARAM_MAGIC = "7767517"  # first line of every ncnn .param file
@@ -45,42 +45,6 @@ PARAM_MAGIC = "7767517"  # first line of every ncnn .param file
 _PROBLEM = re.compile(
     r"error|fail|not supported|unsupported|cannot|can't|invalid|abort|exception|segmentation", re.IGNORECASE
 )
-
-
-class Captured:
-    """What a :func:`native_output` block wrote to stdout and stderr (``text``, set on exit)."""
-
-    text = ""
-
-
-@contextmanager
-def native_output() -> Iterator[Captured]:
-    """Capture file descriptors 1 and 2 (not just ``sys.stdout``): pnnx's binary and ncnn's C++
-    code print there directly. Falls back to no capture where the descriptors cannot be duplicated."""
-    captured = Captured()
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    try:
-        saved = (os.dup(1), os.dup(2))
-    except OSError:  # no fds 1/2 (a detached process): nothing to silence
-        yield captured
-        return
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            for stream in (sys.stdout, sys.stderr):  # Python-level writes made meanwhile go to the log
-                if stream is not None:
-                    stream.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            log.seek(0)
-            captured.text = log.read().decode(errors="replace")
 
 
 def last_problem(text: str) -> str | None:
@@ -205,7 +169,7 @@ def export_ncnn(
         pt = work / "model.pt"
         param, weights = build / PARAM, build / BIN
         error: Exception | None = None
-        with native_output() as out, torch.no_grad(), quiet_tracing(), softmax_floor_as_clip():
+        with captured_output() as out, torch.no_grad(), quiet_tracing(), softmax_floor_as_clip():
             try:
                 pnnx.export(
                     model, str(pt), inputs=example, fp16=bool(half), check_trace=False,

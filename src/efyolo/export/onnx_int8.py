@@ -27,10 +27,11 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from efyolo.errors import EfyoloError
 from efyolo.export.requires import require
@@ -65,7 +66,7 @@ class Int8Options:
             raise EfyoloError(f"INT8 keep_float {unknown}: choose from {', '.join(KEEP_FLOAT)}")
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any] | None) -> "Int8Options":
+    def from_mapping(cls, options: Mapping[str, Any] | None) -> Int8Options:
         opts = dict(options or {})
         if "keep_float" in opts:
             opts["keep_float"] = tuple(opts["keep_float"])
@@ -126,9 +127,7 @@ def float_nodes(graph: Any, scopes: Scopes, keep_float: Sequence[str]) -> list[s
         in_head = node.name.startswith(scopes.head)
         final_conv = in_head and node.op_type == "Conv"
         outside = not node.name.startswith(scopes.layers)
-        if outside or (in_head and not final_conv) or (final_conv and "head" in keep_float):
-            names.append(node.name)
-        elif node.op_type == "Softmax" and "softmax" in keep_float:
+        if outside or (in_head and not final_conv) or (final_conv and "head" in keep_float) or node.op_type == "Softmax" and "softmax" in keep_float:
             names.append(node.name)
     return names
 
@@ -207,8 +206,13 @@ def quantize_onnx(
         EfyoloError: ONNX Runtime's quantizer failed (its message, one line).
     """
     onnx = require("onnx", "INT8 ONNX export")
-    ort = require("onnxruntime", "INT8 ONNX export")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    require("onnxruntime", "INT8 ONNX export")  # the quantizer ships with it
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     options = options or Int8Options()
@@ -236,7 +240,6 @@ def quantize_onnx(
         except Exception as err:  # the quantizer raises plain Exceptions and onnx/ort errors
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise EfyoloError(f"ONNX Runtime INT8 quantization failed: {first[:300]}") from None
-    del ort
     result = onnx.load(str(out_path))
     return QuantizationReport(asdict(options), keep, count_quantized_ops(result))
 

@@ -7,8 +7,6 @@ from types import ModuleType
 
 from efyolo.errors import EfyoloError
 
-INSTALL_HINT = 'pip install "efyolo[export]"'
-
 
 def require(module: str, purpose: str, extra: str = "export") -> ModuleType:
     """Import ``module`` or raise :class:`EfyoloError` naming the package and the install command.

@@ -56,7 +56,8 @@ class LiteRTBackend(ExportedBackend):
     def __init__(
         self, path: str | Path, device: torch.device, half: bool = False, fuse: bool = True, threads: int | None = None
     ) -> None:
-        from efyolo.export.litert import captured_output, read_metadata
+        from efyolo.export.litert import read_metadata
+        from efyolo.utils.capture import captured_output
 
         path = Path(path)
         interpreter = interpreter_class()

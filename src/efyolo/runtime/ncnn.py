@@ -38,7 +38,8 @@ class NcnnBackend(ExportedBackend):
         self, path: str | Path, device: torch.device, half: bool = False, fuse: bool = True, threads: int | None = None
     ) -> None:
         ncnn = require("ncnn", "running ncnn models")
-        from efyolo.export.ncnn import find_ncnn_files, native_output, read_metadata
+        from efyolo.export.ncnn import find_ncnn_files, read_metadata
+        from efyolo.utils.capture import captured_output
 
         path = Path(path)
         param, weights = find_ncnn_files(path)
@@ -54,7 +55,7 @@ class NcnnBackend(ExportedBackend):
         opt.use_bf16_storage = False
         if hasattr(opt, "use_bf16_packed"):  # newer ncnn only
             opt.use_bf16_packed = False
-        with native_output() as out:  # ncnn prints why a load failed to stderr; both return 0 on success
+        with captured_output() as out:  # ncnn prints why a load failed to stderr; both return 0 on success
             failed = param if net.load_param(str(param)) != 0 else weights if net.load_model(str(weights)) != 0 else None
         if failed is not None:
             said = out.text.strip().splitlines()[-1:]
