@@ -34,7 +34,8 @@ from efyolo.training.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.utils.devices import select_device
 from efyolo.training.time_budget import TimeBudget
-from efyolo.training.config import TrainConfig, default_hyp, read_hyp_overrides
+from efyolo.training.config import DEFAULT_MODEL, TrainConfig, default_hyp, read_hyp_overrides
+from efyolo.training.transfer import transfer_weights
 from efyolo.errors import EfyoloError
 from efyolo.utils.files import remove_stale_temps
 from efyolo.utils.log import LOGGER, setup_logging
@@ -73,14 +74,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
-    """Load the tensors whose names and shapes match (fine-tuning on other classes); returns the count."""
-    own = model.state_dict()
-    matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    return len(matched)
 
 
 class Trainer:
@@ -305,11 +298,13 @@ class Trainer:
             if bad:
                 raise EfyoloError(f"--weights {cfg.weights}: {len(bad)} tensors hold NaN or infinity "
                                   f"(first: {bad[0]}); the file comes from a diverged run")
-            model = DetectionModel(ckpt["model_config"], nc=nc)
-            n = _transfer_weights(model, ckpt["state_dict"])
-            self._info(f"Transferred {n}/{len(model.state_dict())} tensors from {cfg.weights}")
+            # --model with --weights: that architecture, with what fits of the file (neck and head of
+            # a YOLOv5 file under another backbone); --weights alone: the checkpoint's own model
+            model = build_model(cfg.model, nc=nc) if cfg.model else DetectionModel(ckpt["model_config"], nc=nc)
+            report = transfer_weights(model, ckpt["state_dict"], ckpt["model_config"])
+            self._info(report.summary(str(cfg.weights)))
         else:
-            model = build_model(cfg.model, nc=nc)
+            model = build_model(cfg.model or DEFAULT_MODEL, nc=nc)
         if cfg.backbone_weights and self.resume_ckpt is None:
             load_backbone_weights(model, cfg.backbone_weights)
             self._info(f"Loaded backbone weights from {cfg.backbone_weights}")
@@ -342,7 +337,7 @@ class Trainer:
         if freeze == "backbone":
             rows = [m.i for m in model.model if getattr(m, "type", None) == "Backbone"]
             if not rows:
-                raise EfyoloError(f"--freeze backbone: model {self.cfg.model} has no registered backbone row")
+                raise EfyoloError(f"--freeze backbone: model {self.cfg.model or DEFAULT_MODEL} has no registered backbone row")
             prefixes = [f"model.{rows[0]}."]
         else:
             try:

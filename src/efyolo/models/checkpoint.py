@@ -58,8 +58,11 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate an efyolo checkpoint; any other file gets one clear :class:`EfyoloError`.
 
-    The file is read with ``weights_only=True``: a file holding pickled classes (a YOLOv5 or
-    Ultralytics checkpoint, or anything else) is refused without running any of its code.
+    The file is read with ``weights_only=True``. A file holding pickled classes goes to
+    :mod:`efyolo.models.yolov5_import`, which reads it without importing or calling anything it
+    names: a YOLOv5 detection checkpoint is converted in memory (with a one-line notice), anything
+    else (an Ultralytics or segmentation checkpoint, a file naming ``os.system``) is refused with
+    one error that says what it is.
     """
     path = Path(path)
     if not path.is_file():
@@ -69,10 +72,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not the user's business
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if not _looks_like_pickle(path):
+        if not _looks_like_pickle(path) and not zipfile.is_zipfile(path):
             raise EfyoloError(f"weights file {path} is not a readable efyolo checkpoint (neither a torch zip "
                               "archive nor a pickle: damaged or another format)") from None
-        raise EfyoloError(f"weights file {path} is not an efyolo checkpoint: {_unpickling_reason(err)}") from None
+        # pickled objects: a YOLOv5 checkpoint (converted, read without running any of it), or refused
+        # with the global it names
+        return _import_foreign(path, _unpickling_reason(err))
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EfyoloError(f"weights file {path} is not a readable efyolo checkpoint ({first[:200]})") from None
@@ -84,6 +89,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise EfyoloError(f"weights file {path} has checkpoint version {version!r}; upgrade efyolo")
     _check_structure(ckpt, path)
     return ckpt
+
+
+def _import_foreign(path: Path, reason: str) -> dict[str, Any]:
+    """A file of pickled classes: convert it in memory when it is a YOLOv5 checkpoint (read without
+    running any of it), else one error naming what it is or the global it was refused for."""
+    from efyolo.models.yolov5_import import NotYoloV5Error, load_yolov5_checkpoint
+    from efyolo.utils.log import LOGGER
+
+    try:
+        ckpt, found = load_yolov5_checkpoint(path)
+    except NotYoloV5Error:
+        raise EfyoloError(f"weights file {path} is not an efyolo checkpoint: {reason}") from None
+    ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
+    LOGGER.info(f"{path}: {found.summary()}; converted in memory "
+                f"(`efyolo convert --from yolov5 --weights {path}` writes an efyolo checkpoint)")
+    _check_structure(ckpt, path)
+    return ckpt
+
+
+def convert_yolov5(weights: str | Path, out: str | Path | None = None):
+    """``efyolo convert --from yolov5``: write ``<stem>_efyolo.pt`` (or ``out``) as a plain-data
+    checkpoint; returns ``(path written, YoloV5Checkpoint found)``. The input is only read."""
+    from efyolo.models.yolov5_import import load_yolov5_checkpoint
+
+    weights = Path(weights)
+    target = Path(out) if out else weights.with_name(f"{weights.stem}_efyolo.pt")
+    if target.resolve() == weights.resolve():
+        raise EfyoloError(f"--out {target} is the input file; choose another name (the input is never modified)")
+    if target.suffix != ".pt":
+        raise EfyoloError(f"--out {target}: an efyolo checkpoint is a .pt file")
+    payload, found = load_yolov5_checkpoint(weights)
+    return save_checkpoint(payload, target), found
 
 
 def _looks_like_pickle(path: Path) -> bool:

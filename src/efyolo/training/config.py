@@ -17,6 +17,7 @@ from efyolo.utils.yaml_io import read_yaml_mapping
 # `efyolo train` without --data: the built-in synthetic dataset (rendered at 192 px) and a
 # detector sized for a CPU, for a run of under 10 minutes on 2 cores (docs/demo.md).
 # These values replace the generic defaults only for options the user did not set.
+DEFAULT_MODEL = "yolov5s"  # what `model` builds when neither it nor `weights` says otherwise
 DEMO_DEFAULTS = {
     "model": "yolov5n-efficientformer-n0",  # beat l0 at equal time: docs/compare.md
     "imgsz": 192,
@@ -87,7 +88,9 @@ class TrainConfig:
 
     Attributes:
         data: dataset YAML; ``None`` uses the built-in synthetic dataset (generated once, cached).
-        model: model name or YAML (ignored with ``weights``, whose checkpoint carries its model).
+        model: model name or YAML (default ``yolov5s``). With ``weights``: unset, the checkpoint's
+            own model; set, that model, taking the checkpoint's tensors that fit (for a YOLOv5 file
+            under another backbone, its neck and head; see :mod:`efyolo.training.transfer`).
         imgsz: training and validation size (a multiple of the model stride).
         epochs: total epochs (with ``time``: the first plan, re-planned after every epoch).
         time: a wall-clock budget in hours for the whole run (Ultralytics' ``time``): after each
@@ -99,7 +102,7 @@ class TrainConfig:
         optimizer: ``SGD``, ``AdamW``, ``Adam`` or ``auto`` (AdamW for short schedules, else SGD).
         lr0: initial learning rate (overrides the hyp file; ``None``: hyp or the ``auto`` rule).
         hyp: hyperparameter YAML (YOLOv5 keys), merged over the built-in defaults, or a dict.
-        weights: an efyolo checkpoint to start from (fine-tuning).
+        weights: a checkpoint to start from (fine-tuning): efyolo's, or a YOLOv5 ``.pt`` (read safely).
         backbone_weights: ImageNet weights for the registered backbone (official or timm layout).
         freeze: freeze the first N model rows (``-1``/``None``: nothing; ``backbone``: the backbone).
         patience: stop after this many epochs without fitness improvement (0: never).
@@ -125,7 +128,7 @@ class TrainConfig:
     """
 
     data: str | None = None
-    model: str = "yolov5s"
+    model: str | None = None  # None: DEFAULT_MODEL, or the checkpoint's own model with ``weights``
     imgsz: int = 640
     epochs: int = 100
     time: float | None = None
@@ -177,6 +180,8 @@ class TrainConfig:
                     continue  # an explicit epoch count is not re-planned
                 if key == "lr0" and own_lr0:
                     continue  # the user's --hyp sets lr0: it wins over the demo's
+                if key == "model" and given.get("weights"):
+                    continue  # the weights carry their model
                 if key not in given:
                     given[key] = applied[key] = value
         hours = given.get("time")
