@@ -166,3 +166,52 @@ def test_litert_corrupt_file(tmp_path) -> None:
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(EfyoloError, match="bad.tflite"):
         load_backend(bad, CPU)
+
+
+def test_int8_split_without_images_is_refused(weights, data, tmp_path) -> None:
+    import yaml
+
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    cfg = yaml.safe_load(Path(data).read_text())
+    cfg.update(path=str(Path(data).parent), train=str(empty / "images"))
+    bad = tmp_path / "data.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(EfyoloError, match="train"):
+        export_model(weights, "onnx", imgsz=64, int8=True, data=bad, output=tmp_path / "x_int8.onnx")
+    assert not (tmp_path / "x_int8.onnx").exists()
+
+
+def test_cli_bad_formats_and_files_exit_2(weights, tmp_path, capsys) -> None:
+    assert main(["export", "--weights", str(weights), "--format", "tensorrt"]) == 2
+    assert "tensorrt" in capsys.readouterr().err
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    folder = tmp_path / "half_ncnn_model"
+    folder.mkdir()
+    (folder / "model.ncnn.param").write_text("7767517\n1 1\nInput in0 0 1 in0\n")  # no .bin beside it
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "images" / "a.jpg"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    for path in (bad, folder):
+        code = main(["detect", "--weights", str(path), "--source", str(image), "--imgsz", "64",
+                     "--project", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert code == 2 and path.name in err and "Traceback" not in err
+
+
+def test_benchmark_rows_carry_the_precision(data, tmp_path) -> None:
+    from efyolo.engine.benchmark import benchmark_formats, parse_format
+
+    weights = make_weights(tmp_path / "best.pt", nc=6, calibrate=True)  # the synthetic set's 6 classes
+    assert parse_format("onnx:int8") == ("onnx", "int8") and parse_format("TFLite") == ("litert", "fp32")
+    with pytest.raises(EfyoloError, match="precision must be one of"):
+        parse_format("onnx:int4")
+    rows = benchmark_formats(weights, data=data, formats=["onnx", "onnx:int8"], imgsz=64, runs=2, warmup=1)
+    rows = rows.rows
+    by = {(r.format, r.precision): r for r in rows}
+    assert by[("onnx", "int8")].file.endswith("best_int8.onnx") and by[("onnx", "fp32")].file.endswith("best.onnx")
+    assert all(r.status == "ok" and r.map is not None and r.latency_ms > 0 for r in rows), [vars(r) for r in rows]
