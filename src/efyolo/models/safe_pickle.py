@@ -153,7 +153,15 @@ def _plain(kind: type) -> Callable[..., Any]:
     return build
 
 
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode``: how protocol 2 writes a ``bytes`` object (numpy arrays' raw data)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("the file calls _codecs.encode on something other than latin-1 text")
+    return text.encode("latin1")
+
+
 TORCH_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "_codecs.encode": _latin1_bytes,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -194,10 +202,13 @@ class Policy:
         class_prefixes: module prefixes whose classes become placeholders (``"models."``,
             ``"torch.nn.modules."``); a name must be a plain identifier.
         extra_classes: single ``module.Name`` globals that become placeholders.
+        recorded: functions whose calls are only recorded (:class:`Recorded`), never made: YOLOv5's
+            Segment head pickles ``getattr(Detect, "forward")``; recording it runs no lookup.
     """
 
     class_prefixes: tuple[str, ...] = ("torch.nn.modules.",)
-    extra_classes: frozenset[str] = frozenset()
+    extra_classes: frozenset[str] = frozenset({"numpy.ndarray"})  # an argument of numpy's _reconstruct
+    recorded: frozenset[str] = frozenset()
     seen: set[str] = field(default_factory=set)
 
     def resolve(self, module: str, name: str) -> Any:
@@ -211,6 +222,8 @@ class Policy:
             return TORCH_DTYPES[qualname]
         if qualname in TORCH_STORAGES:
             return TORCH_STORAGES[qualname]
+        if qualname in self.recorded:
+            return recorder(qualname)
         if qualname in self.extra_classes or any(qualname.startswith(p) for p in self.class_prefixes):
             return placeholder_class(qualname)
         alias = f" (os.{name})" if module in ("posix", "nt") else ""

@@ -35,8 +35,11 @@ CLASS_PREFIXES = (
     *(f"yolov5.{m}." for m in YOLOV5_MODULES),
     "torch.nn.modules.",
     "ultralytics.",  # read only to name it: Ultralytics YOLOv8 / YOLO11 checkpoints are refused
+    # a YOLOv5 classification model keeps its transforms (read only to refuse it as such)
+    "torchvision.transforms.", "utils.augmentations.", "yolov5.utils.augmentations.",
 )
-EXTRA_CLASSES = frozenset({"argparse.Namespace", "types.SimpleNamespace"})
+EXTRA_CLASSES = frozenset({"argparse.Namespace", "types.SimpleNamespace", "numpy.ndarray"})
+RECORDED = frozenset({"builtins.getattr"})  # YOLOv5's Segment head: self.detect = Detect.forward
 DETECTION_CLASSES = ("DetectionModel", "Model")  # v6.2+ name, and the older alias
 
 
@@ -45,7 +48,7 @@ class NotYoloV5Error(EfyoloError):
 
 
 def yolov5_policy() -> Policy:
-    return Policy(class_prefixes=CLASS_PREFIXES, extra_classes=EXTRA_CLASSES)
+    return Policy(class_prefixes=CLASS_PREFIXES, extra_classes=EXTRA_CLASSES, recorded=RECORDED)
 
 
 @dataclass
