@@ -1,6 +1,6 @@
 """YOLOv5 ``.pt`` checkpoints -> efyolo checkpoints, read safely (no YOLOv5 import, no pickle code run).
 
-A YOLOv5 checkpoint is ``torch.save`` of a dict whose ``model`` (and ``ema``) is a pickled
+A YOLOv5 (v7.0; older releases alike) checkpoint is ``torch.save`` of a dict whose ``model`` (and ``ema``) is a pickled
 ``models.yolo.DetectionModel``:
 
     released / strip_optimizer: {epoch: -1, model: DetectionModel (float16), ema: None, optimizer: None, ...}
@@ -155,7 +155,7 @@ def _ultralytics_message(top: Any, path: Path) -> str:
         elif "C2f" in classes:
             family = "Ultralytics YOLOv8"
     return (f"weights file {path} is an {family} checkpoint (ultralytics.nn.tasks classes), not a YOLOv5 model; "
-            "efyolo imports YOLOv5 (v5.0 - v7.0) detection checkpoints only")
+            "efyolo imports YOLOv5 detection checkpoints only")
 
 
 def _refuse_other_tasks(model: Placeholder, top_class: str, path: Path) -> None:
