@@ -26,9 +26,10 @@ from efyolo.export.exporter import export_model
 from efyolo.runtime.autobackend import load_backend
 
 VARIANTS = {
-    "default": {},
+    "default": {},  # the format's measured default: the head's final convs stay float in ONNX
+    "all": {"keep_float": []},  # quantize the head's final convs too
     "keep-head": {"keep_float": ["head"]},
-    "keep-softmax": {"keep_float": ["softmax"]},
+    "keep-softmax": {"keep_float": ["head", "softmax"]},
     "percentile": {"method": "percentile"},
     "per-tensor": {"per_channel": False},
 }

@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", type=int, default=None,
                    help="calibration images for --int8 (default 300, or all when the split has fewer)")
     p.add_argument("--calib-split", default="train", help="split of --data to calibrate on (default train)")
+    p.add_argument("--int8-reduce-range", action="store_true",
+                   help="onnx --int8: 7-bit weights, for CPUs without VNNI (AVX2 only), where 8-bit "
+                        "weights can saturate (docs/int8.md)")
     p.add_argument("--calib-method", default=None, choices=["minmax", "entropy", "percentile"],
                    help="--int8 activation-range method for onnx (default minmax)")
     p.add_argument("--nms", action="store_true",
@@ -59,7 +62,17 @@ def run(args: argparse.Namespace) -> int:
             args.weights, fmt, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, simplify=args.simplify,
             opset=args.opset, half=args.half, nms=nms, device=args.device, int8=args.int8, data=args.data,
             calib=args.calib, calib_split=args.calib_split,
-            int8_options={"method": args.calib_method} if args.calib_method else None,
+            int8_options=_int8_options(args),
         )
         print(path)
     return 0
+
+
+def _int8_options(args: argparse.Namespace) -> dict | None:
+    """The INT8 options the flags set (``None``: every default, measured in docs/int8.md)."""
+    opts = {}
+    if args.calib_method:
+        opts["method"] = args.calib_method
+    if args.int8_reduce_range:
+        opts["reduce_range"] = True
+    return opts or None

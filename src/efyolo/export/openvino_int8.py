@@ -28,9 +28,9 @@ def ignored_patterns(scopes: Scopes, options: Int8Options) -> list[str]:
     """Regular expressions over OpenVINO friendly names for what stays float (see the module docstring)."""
     head = re.escape(scopes.head)
     patterns = [f"^(?!{re.escape(scopes.layers)}).*", f"^{head}(?!m\\.\\d+/Conv).*"]
-    if "head" in options.keep_float:
+    if "head" in options.float_groups("openvino"):
         patterns.append(f"^{head}m\\.\\d+/Conv.*")
-    if "softmax" in options.keep_float:
+    if "softmax" in options.float_groups("openvino"):
         patterns.append(".*/Softmax.*")
     return patterns
 
@@ -84,5 +84,5 @@ def quantize_openvino(
     if fq == 0:
         raise EfyoloError("NNCF INT8 quantization inserted no quantizers (nothing would run in INT8)")
     report = {"tool": "nncf", "preset": "mixed", "model_type": "transformer" if model_type else "default",
-              "keep_float": list(opts.keep_float), "fake_quantize_nodes": fq}
+              "keep_float": list(opts.float_groups("openvino")), "fake_quantize_nodes": fq}
     return quantized, report
