@@ -125,7 +125,7 @@ def test_openvino_int8(weights, data) -> None:
     assert torch.isfinite(backend(torch.rand(1, 3, 64, 64))).all()
 
 
-@pytest.mark.parametrize("name", ["yolov5n", "yolov5n-efficientformer-n0"])
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5n-efficientformer-n0", "yolov5n-efficientformerv2-s0"])
 def test_ncnn_round_trip(name, tmp_path) -> None:
     pytest.importorskip("pnnx", reason='ncnn export needs pnnx (the [export] extra)')
     pytest.importorskip("ncnn", reason='the ncnn runtime is in the [export] extra')
@@ -149,7 +149,7 @@ def test_ncnn_bad_folders(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov5n", "yolov5n-efficientformer-n0"])
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5n-efficientformer-n0", "yolov5n-efficientformerv2-s0"])
 def test_litert_round_trip(name, tmp_path, data) -> None:
     pytest.importorskip("litert_torch", reason='LiteRT export needs the [litert] extra: pip install "efyolo[litert]"')
     w = make_weights(tmp_path / "best.pt", name, calibrate=True)

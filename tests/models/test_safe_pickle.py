@@ -21,7 +21,12 @@ from torch import nn
 
 from efyolo import EfyoloError
 from efyolo.models.checkpoint import load_checkpoint
-from efyolo.models.safe_pickle import Policy, UnsafePickleError, module_tree_state, read_torch_file
+from efyolo.models.safe_pickle import (
+    Policy,
+    UnsafePickleError,
+    module_tree_state,
+    read_torch_file,
+)
 from efyolo.models.yolov5_import import read_yolov5, yolov5_policy
 
 

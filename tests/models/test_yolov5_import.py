@@ -153,6 +153,8 @@ def test_every_weights_option_takes_the_yolov5_file(tmp_path: Path, capsys) -> N
     x = torch.rand(1, 3, 96, 96)
     assert torch.allclose(load_backend(path, torch.device("cpu"))(x), load_backend(weights, torch.device("cpu"))(x),
                           atol=1e-3)
+    assert main(["benchmark", "--weights", str(weights), "--formats", "pytorch", "onnx", "--imgsz", "96",
+                 "--runs", "1", "--warmup", "0"]) == 0
     assert digest(BEST) == before
 
 

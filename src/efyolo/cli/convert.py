@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.data:
             raise EfyoloError("--from yolo needs --data DATA.yaml")
-        from efyolo.data.convert import yolo_to_coco
         from efyolo.data.config import load_data_config
+        from efyolo.data.convert import yolo_to_coco
 
         report = yolo_to_coco(load_data_config(args.data), args.split, args.out)
     LOGGER.info(f"converted {args.src} -> {args.dst}: {report.summary()}")

@@ -94,11 +94,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _import_foreign(path: Path, reason: str) -> dict[str, Any]:
     """A file of pickled classes: convert it in memory when it is a YOLOv5 checkpoint (read without
     running any of it), else one error naming what it is or the global it was refused for."""
+    from efyolo.models.safe_pickle import NotATorchFileError
     from efyolo.models.yolov5_import import NotYoloV5Error, load_yolov5_checkpoint
     from efyolo.utils.log import LOGGER
 
     try:
         ckpt, found = load_yolov5_checkpoint(path)
+    except NotATorchFileError as err:  # a plain pickle: say what it names
+        raise EfyoloError(f"weights file {path} is not an efyolo checkpoint: {err.reason}") from None
     except NotYoloV5Error:
         raise EfyoloError(f"weights file {path} is not an efyolo checkpoint: {reason}") from None
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}

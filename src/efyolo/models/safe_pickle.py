@@ -29,9 +29,10 @@ import pickle
 import struct
 import sys
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -43,6 +44,14 @@ LEGACY_PROTOCOL = 1001
 
 class UnsafePickleError(EfyoloError):
     """The file names a global outside the policy, or tries to call one: nothing was run."""
+
+
+class NotATorchFileError(EfyoloError):
+    """The file is a pickle, but not one ``torch.save`` wrote (no torch magic number)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"weights file {path} is not a torch checkpoint ({reason})")
+        self.reason = reason
 
 
 class Placeholder:
@@ -312,8 +321,12 @@ def read_legacy(path: Path, policy: Policy) -> Any:
     data = path.read_bytes()
     f = io.BytesIO(data)
     header = _PlainUnpickler(f)  # the header is three plain values
-    if header.load() != LEGACY_MAGIC or header.load() != LEGACY_PROTOCOL:
-        raise EfyoloError(f"weights file {path} is not a torch checkpoint (no torch magic number)")
+    try:
+        magic = header.load()
+    except UnsafePickleError as err:  # a plain pickle of objects, not torch.save's format
+        raise NotATorchFileError(path, f"a plain pickle; {err}") from None
+    if magic != LEGACY_MAGIC or header.load() != LEGACY_PROTOCOL:
+        raise NotATorchFileError(path, "no torch magic number")
     sys_info = header.load()
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
     storages: dict[str, tuple[torch.Tensor, torch.dtype]] = {}
@@ -351,7 +364,7 @@ class _PlainUnpickler(pickle.Unpickler):
     """For the legacy format's header and key list: plain values, no globals, no storages."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise UnsafePickleError(f"the file's header names the global {module}.{name}; refused")
+        raise UnsafePickleError(f"it names the global {module}.{name}; refused, nothing was run")
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError("the file's header holds a persistent id; refused")
@@ -371,6 +384,8 @@ def read_torch_file(path: str | Path, policy: Policy) -> Any:
         if zipfile.is_zipfile(path):
             return read_zip(path, policy)
         return read_legacy(path, policy)
+    except NotATorchFileError:
+        raise
     except UnsafePickleError as err:
         raise UnsafePickleError(f"weights file {path}: {err}") from None
     except EfyoloError:

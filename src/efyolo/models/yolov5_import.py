@@ -25,7 +25,13 @@ from typing import Any
 import torch
 
 from efyolo.errors import EfyoloError
-from efyolo.models.safe_pickle import Placeholder, Policy, iter_modules, module_tree_state, read_torch_file
+from efyolo.models.safe_pickle import (
+    Placeholder,
+    Policy,
+    iter_modules,
+    module_tree_state,
+    read_torch_file,
+)
 
 # The modules whose classes a YOLOv5 (v5.0 - v7.0) or Ultralytics checkpoint pickles. The
 # ``yolov5.`` forms are what the PyPI ``yolov5`` package writes.
