@@ -34,7 +34,7 @@ from efyolo.training.ema import ModelEMA, ema_horizon, unwrap
 from efyolo.training.optim import build_optimizer, lr_lambda, set_learning_rates
 from efyolo.utils.devices import select_device
 from efyolo.training.time_budget import TimeBudget
-from efyolo.training.config import DEFAULT_MODEL, TrainConfig, default_hyp, read_hyp_overrides
+from efyolo.training.config import TrainConfig, default_hyp, read_hyp_overrides
 from efyolo.training.transfer import transfer_weights
 from efyolo.errors import EfyoloError
 from efyolo.utils.files import remove_stale_temps
@@ -300,11 +300,12 @@ class Trainer:
                                   f"(first: {bad[0]}); the file comes from a diverged run")
             # --model with --weights: that architecture, with what fits of the file (neck and head of
             # a YOLOv5 file under another backbone); --weights alone: the checkpoint's own model
-            model = build_model(cfg.model, nc=nc) if cfg.model else DetectionModel(ckpt["model_config"], nc=nc)
+            model = (build_model(cfg.model, nc=nc) if cfg.model_given()
+                     else DetectionModel(ckpt["model_config"], nc=nc))
             report = transfer_weights(model, ckpt["state_dict"], ckpt["model_config"])
             self._info(report.summary(str(cfg.weights)))
         else:
-            model = build_model(cfg.model or DEFAULT_MODEL, nc=nc)
+            model = build_model(cfg.model, nc=nc)
         if cfg.backbone_weights and self.resume_ckpt is None:
             load_backbone_weights(model, cfg.backbone_weights)
             self._info(f"Loaded backbone weights from {cfg.backbone_weights}")
@@ -337,7 +338,7 @@ class Trainer:
         if freeze == "backbone":
             rows = [m.i for m in model.model if getattr(m, "type", None) == "Backbone"]
             if not rows:
-                raise EfyoloError(f"--freeze backbone: model {self.cfg.model or DEFAULT_MODEL} has no registered backbone row")
+                raise EfyoloError(f"--freeze backbone: model {self.cfg.model} has no registered backbone row")
             prefixes = [f"model.{rows[0]}."]
         else:
             try:

@@ -88,8 +88,8 @@ class TrainConfig:
 
     Attributes:
         data: dataset YAML; ``None`` uses the built-in synthetic dataset (generated once, cached).
-        model: model name or YAML (default ``yolov5s``). With ``weights``: unset, the checkpoint's
-            own model; set, that model, taking the checkpoint's tensors that fit (for a YOLOv5 file
+        model: model name or YAML (default ``yolov5s``). With ``weights``: not given, the
+            checkpoint's own model; given (:meth:`model_given`), that model, taking the checkpoint's tensors that fit (for a YOLOv5 file
             under another backbone, its neck and head; see :mod:`efyolo.training.transfer`).
         imgsz: training and validation size (a multiple of the model stride).
         epochs: total epochs (with ``time``: the first plan, re-planned after every epoch).
@@ -128,7 +128,7 @@ class TrainConfig:
     """
 
     data: str | None = None
-    model: str | None = None  # None: DEFAULT_MODEL, or the checkpoint's own model with ``weights``
+    model: str = DEFAULT_MODEL
     imgsz: int = 640
     epochs: int = 100
     time: float | None = None
@@ -191,7 +191,14 @@ class TrainConfig:
             raise EfyoloError(f"autoanchor must be one of {AUTOANCHOR_MODES}, got {given['autoanchor']!r}")
         cfg = cls(**given)
         cfg.demo_applied = applied  # not a field: what the trainer tells the user it chose for them
+        cfg.model_named = "model" in kwargs and kwargs["model"] is not None  # the user's own choice
         return cfg
+
+    def model_given(self) -> bool:
+        """Did the user name the model (so ``weights`` only initialises it)? Built through
+        :meth:`from_kwargs` (the CLI, ``efyolo.train``) this is exact; a directly built config counts
+        a model other than the default as given."""
+        return getattr(self, "model_named", self.model != DEFAULT_MODEL)
 
     def demo_note(self) -> str:
         """The line that says which demo settings a run without ``data`` got ("" when none were applied)."""
