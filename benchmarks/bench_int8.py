@@ -31,6 +31,7 @@ VARIANTS = {
     "keep-head": {"keep_float": ["head"]},
     "keep-softmax": {"keep_float": ["head", "softmax"]},
     "percentile": {"method": "percentile"},
+    "entropy": {"method": "entropy"},
     "per-tensor": {"per_channel": False},
 }
 

@@ -218,3 +218,18 @@ def test_benchmark_rows_carry_the_precision(data, tmp_path) -> None:
     by = {(r.format, r.precision): r for r in rows}
     assert by[("onnx", "int8")].file.endswith("best_int8.onnx") and by[("onnx", "fp32")].file.endswith("best.onnx")
     assert all(r.status == "ok" and r.map is not None and r.latency_ms > 0 for r in rows), [vars(r) for r in rows]
+
+
+def test_conversion_failures_name_the_op(tmp_path) -> None:
+    """What the ncnn and LiteRT writers raise when a converter leaves an op unconverted: the op, in one line."""
+    from efyolo.export.litert import failure_message
+    from efyolo.export.ncnn import unsupported_layers
+
+    param = tmp_path / "model.ncnn.param"
+    param.write_text("7767517\n3 3\nInput in0 0 1 in0\npnnx.Expression pnnx_expr_0 1 1 in0 1\n"
+                     "Convolution conv_0 1 1 1 out0 0=8 1=1 6=24\n")
+    assert list(unsupported_layers(param)) == ["pnnx.Expression"]
+    err = RuntimeError("loc(fused[...]): error: failed to legalize operation 'tfl.pow' that was explicitly "
+                       "marked illegal\nlong traceback line\n")
+    message = failure_message("litert conversion", err, "")
+    assert message.startswith("litert conversion failed for tfl.pow:") and "\n" not in message
