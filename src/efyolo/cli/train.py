@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     # Defaults of None mean "the library's default" (TrainConfig), so Python and CLI agree.
     p.add_argument("--data", help="dataset YAML (default: the built-in synthetic dataset)")
-    p.add_argument("--model", help="model name or YAML (default: yolov5s; without --data yolov5n-efficientformer-n0)")
+    p.add_argument("--model", help="model name or YAML (default: yolov5s; without --data yolov5n-efficientformer-n0; "
+                   "with --weights: the checkpoint's own model, or this one initialised from what fits)")
     p.add_argument("--imgsz", type=int, help="train/val image size (default 640; 192 without --data)")
     p.add_argument("--epochs", type=int, help="epochs (default 100; without --data 11, re-planned by --time)")
     p.add_argument("--time", type=float,
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("auto", "SGD", "AdamW", "Adam"), help="default auto")
     p.add_argument("--lr0", type=float, help="initial learning rate (overrides the hyp file)")
     p.add_argument("--hyp", help="hyperparameter YAML with YOLOv5's keys (merged over the defaults)")
-    p.add_argument("--weights", help="efyolo checkpoint to fine-tune from")
+    p.add_argument("--weights", help="checkpoint to fine-tune from: efyolo's, or a YOLOv5 .pt (read safely)")
     p.add_argument("--backbone-weights", help="ImageNet backbone weights (official or timm EfficientFormer file)")
     p.add_argument("--freeze", help="freeze the first N model rows, or 'backbone'")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 50, 0 = off)")

@@ -396,11 +396,6 @@ def read_torch_file(path: str | Path, policy: Policy) -> Any:
         raise EfyoloError(f"weights file {path} is truncated or damaged ({first[:160]})") from None
 
 
-def globals_named(policy: Policy) -> list[str]:
-    """The globals a read named, sorted (for reports and tests)."""
-    return sorted(policy.seen)
-
-
 def module_tree_state(root: Placeholder, prefix: str = "") -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a placeholder ``nn.Module`` tree: ``_parameters`` and persistent
     ``_buffers`` of every ``_modules`` child, under ``nn.Module``'s dotted key names."""

@@ -105,14 +105,15 @@ def read_yolov5(path: str | Path) -> YoloV5Checkpoint:
     top_class = model._global
     _refuse_other_tasks(model, top_class, path)
     yaml_cfg = _yaml_of(model, path)
-    state = {k: v.float() if v.is_floating_point() else v.clone() for k, v in module_tree_state(model).items()}
+    stored = module_tree_state(model)  # as saved (float16 for YOLOv5's own files)
+    state = {k: v.float() if v.is_floating_point() else v.clone() for k, v in stored.items()}
     detect = _detect_module(model, path)
     anchors = state.get(f"{_detect_key(model)}anchors")
     stride = vars(detect).get("stride")
     ema = top.get("ema") if isinstance(top, dict) else None
     opt = top.get("opt") if isinstance(top, dict) else None
     epoch = top.get("epoch") if isinstance(top, dict) else None
-    dtypes = {str(t.dtype).removeprefix("torch.") for t in module_tree_state(model).values() if t.is_floating_point()}
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in stored.values() if t.is_floating_point()}
     return YoloV5Checkpoint(
         path=path,
         yaml=yaml_cfg,
