@@ -233,3 +233,15 @@ def test_conversion_failures_name_the_op(tmp_path) -> None:
                        "marked illegal\nlong traceback line\n")
     message = failure_message("litert conversion", err, "")
     assert message.startswith("litert conversion failed for tfl.pow:") and "\n" not in message
+
+
+def test_histogram_calibration_is_capped_to_what_memory_holds() -> None:
+    import numpy as np
+
+    from efyolo.export.onnx_int8 import HISTOGRAM_PIXEL_BUDGET, histogram_budget
+
+    batches = [np.zeros((1, 3, 640, 640), np.float32) for _ in range(40)]
+    assert histogram_budget(batches, "minmax") is batches
+    kept = histogram_budget(batches, "entropy")
+    assert len(kept) == HISTOGRAM_PIXEL_BUDGET // (640 * 640) == 16 and kept[0] is batches[0]
+    assert len(histogram_budget(batches[:4], "percentile")) == 4

@@ -92,6 +92,7 @@ class QuantizationReport:
     options: dict[str, Any]
     float_nodes: list[str] = field(default_factory=list)
     quantized_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes fed by DequantizeLinear
+    images_used: int | None = None  # calibration images the quantizer saw (histogram methods may use fewer)
 
     def as_metadata(self) -> dict[str, Any]:
         return {**self.options, "float_nodes": len(self.float_nodes), "quantized_ops": self.quantized_ops}
@@ -140,6 +141,29 @@ def float_nodes(graph: Any, scopes: Scopes, keep_float: Sequence[str]) -> list[s
                 or (node.op_type == "Softmax" and "softmax" in keep_float)):
             names.append(node.name)
     return names
+
+
+# ORT 1.32's histogram calibrators (entropy, percentile) keep every activation of every calibration
+# image in memory before building histograms (MinMax reduces as it goes): yolov5s at 320 px with 300
+# images was killed at 23.7 GB. They get at most this many pixels of calibration input (64 images at
+# 320x320, 16 at 640x640), about 5 GB for yolov5s.
+HISTOGRAM_PIXEL_BUDGET = 64 * 320 * 320
+
+
+def histogram_budget(batches: list[Any], method: str) -> list[Any]:
+    """The calibration batches a histogram method can hold (all of them for minmax), with a notice."""
+    if method == "minmax" or not batches:
+        return batches
+    shape = batches[0].shape  # (B, 3, H, W)
+    keep = max(1, HISTOGRAM_PIXEL_BUDGET // (shape[0] * shape[2] * shape[3]))
+    if keep < len(batches):
+        from efyolo.utils.log import LOGGER
+
+        LOGGER.warning(f"INT8 {method} calibration: using {keep * shape[0]} of {len(batches) * shape[0]} images "
+                       "(ONNX Runtime's histogram calibrators hold every activation in memory; minmax has no limit)")
+        step = len(batches) / keep  # evenly spread, like the calibration set itself
+        batches = [batches[int(i * step)] for i in range(keep)]
+    return batches
 
 
 def chunk_size(batches: int, preferred: int = 16) -> int:
@@ -236,7 +260,7 @@ def quantize_onnx(
         proto = onnx.load(str(prepared))
         keep = float_nodes(proto.graph, scopes, options.float_groups("onnx"))
         input_name = proto.graph.input[0].name
-        batches = list(calibration)
+        batches = histogram_budget(list(calibration), options.method)
         try:
             with warnings.catch_warnings(), quiet_logging():
                 warnings.simplefilter("ignore")
@@ -252,7 +276,7 @@ def quantize_onnx(
             raise EfyoloError(f"ONNX Runtime INT8 quantization failed: {first[:300]}") from None
     result = onnx.load(str(out_path))
     return QuantizationReport({**asdict(options), "keep_float": list(options.float_groups("onnx"))}, keep,
-                              count_quantized_ops(result))
+                              count_quantized_ops(result), sum(b.shape[0] for b in batches))
 
 
 def write_int8_onnx(job: Any, export_onnx: Any, set_metadata: Any) -> Path:
@@ -274,7 +298,10 @@ def write_int8_onnx(job: Any, export_onnx: Any, set_metadata: Any) -> Path:
         report = quantize_onnx(float_tmp, tmp, job.calibration, scopes, options)
         proto = onnx.load(tmp)
         meta = dict(job.metadata)
-        meta["quantization"] = {**report.as_metadata(), "calibration": job.calibration.describe()}
+        calib = job.calibration.describe()
+        if report.images_used is not None:
+            calib["images"] = report.images_used
+        meta["quantization"] = {**report.as_metadata(), "calibration": calib}
         set_metadata(proto, meta)
         onnx.save(proto, tmp)
         os.replace(tmp, path)
