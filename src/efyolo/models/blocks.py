@@ -142,11 +142,15 @@ class Bottleneck(nn.Module):
 
 
 class BottleneckCSP(nn.Module):
-    """The original CSP bottleneck (YOLOv5 before v4.0); kept so old configs load."""
+    """The original CSP bottleneck (YOLOv5's default block before v4.0); kept so old configs load.
+
+    ``csp_act`` makes the activation after the concat: SiLU by default (YOLOv5 v6.2+);
+    YOLOv5 v4.0-v6.1 used ``LeakyReLU(0.1)`` there.
+    """
 
     def __init__(
         self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
-        *, default_act: ActFactory | None = None,
+        *, default_act: ActFactory | None = None, csp_act: ActFactory | None = None,
     ):
         super().__init__()
         c_ = int(c2 * e)
@@ -155,7 +159,7 @@ class BottleneckCSP(nn.Module):
         self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
         self.cv4 = Conv(2 * c_, c2, 1, 1, default_act=default_act)
         self.bn = nn.BatchNorm2d(2 * c_, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU()  # YOLOv5's own SiLU here, not Conv's default activation
+        self.act = csp_act() if csp_act else nn.SiLU()  # its own activation, not Conv's default one
         self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, default_act=default_act) for _ in range(n)))
         self.stride = 1
 

@@ -58,6 +58,8 @@ class BuildContext:
     nc: int
     # Conv's activation where a row does not choose one (the config's 'activation'); None: SiLU.
     default_act: blocks.ActFactory | None = None
+    # BottleneckCSP's activation after its concat (the config's 'csp_activation'); None: SiLU.
+    csp_act: blocks.ActFactory | None = None
 
     def fail(self, message: str) -> EfyoloError:
         return EfyoloError(f"model layer {self.index}: {message}")
@@ -98,17 +100,22 @@ def _off_grid_message(shape: Shape) -> str:
             "(after nn.ZeroPad2d); follow the padding with an nn.MaxPool2d that brings it back")
 
 
-def _accepts_default_act(cls: type[nn.Module]) -> bool:
+def _accepts(cls: type[nn.Module], keyword: str) -> bool:
     try:
-        return "default_act" in inspect.signature(cls).parameters
+        return keyword in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _accepts_default_act(cls: type[nn.Module]) -> bool:
+    return _accepts(cls, "default_act")
 
 
 def _conv_like(cls: type[nn.Module], pass_repeats: bool) -> Builder:
     """Rows whose first argument is the output width: ``[c2, *rest]`` -> ``cls(c1, c2', *rest)``."""
 
     takes_act = _accepts_default_act(cls)
+    takes_csp_act = _accepts(cls, "csp_act")
 
     def build(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:
         src = _single_input(inputs, ctx)
@@ -123,6 +130,8 @@ def _conv_like(cls: type[nn.Module], pass_repeats: bool) -> Builder:
             kwargs["default_act"] = ctx.default_act
         elif ctx.default_act is not None:
             raise ctx.fail(f"{cls.__name__} does not support the config's 'activation' (no default_act argument)")
+        if takes_csp_act:
+            kwargs["csp_act"] = ctx.csp_act
         try:
             module = cls(*ctor_args, **kwargs)
         except TypeError as err:

@@ -39,7 +39,9 @@ def build_layers(cfg: dict[str, Any], in_channels: int = 3) -> tuple[nn.Sequenti
     """Build every row of ``cfg['backbone'] + cfg['head']``.
 
     The optional top-level ``cfg['activation']`` (e.g. ``"nn.LeakyReLU(0.1)"``) is the activation of
-    every ``Conv`` built with ``act=True`` (YOLOv5's ``Conv.default_act``), for this model only.
+    every ``Conv`` built with ``act=True`` (YOLOv5's ``Conv.default_act``), for this model only;
+    ``cfg['csp_activation']`` is ``BottleneckCSP``'s own activation after its concat (SiLU as in
+    YOLOv5 v6.2+; ``"nn.LeakyReLU(0.1)"`` reproduces v4.0-v6.1, and YOLOv5 imports set it from the file).
 
     Returns:
         ``(layers, shapes, save)``: the modules, each row's output :class:`Shape`, and the rows
@@ -48,6 +50,7 @@ def build_layers(cfg: dict[str, Any], in_channels: int = 3) -> tuple[nn.Sequenti
     rows = list(cfg["backbone"] or []) + list(cfg["head"] or [])
     gd, gw = float(cfg["depth_multiple"]), float(cfg["width_multiple"])
     default_act = parse_activation(cfg.get("activation"))
+    csp_act = parse_activation(cfg.get("csp_activation"), key="csp_activation")
     shapes: list[Shape] = []
     layers: list[nn.Module] = []
     save: set[int] = set()
@@ -59,7 +62,8 @@ def build_layers(cfg: dict[str, Any], in_channels: int = 3) -> tuple[nn.Sequenti
         spec = MODULES.get(name)
         args = [resolve_arg(a, cfg) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
-        ctx = BuildContext(index=i, depth_multiple=gd, width_multiple=gw, nc=int(cfg["nc"]), default_act=default_act)
+        ctx = BuildContext(index=i, depth_multiple=gd, width_multiple=gw, nc=int(cfg["nc"]), default_act=default_act,
+                           csp_act=csp_act)
         inputs = [Shape(in_channels, 1) if i == 0 and x == -1 else shapes[x] for x in sources]
         if spec.repeats or n == 1:
             module, shape = spec.build(args, n, inputs, ctx)

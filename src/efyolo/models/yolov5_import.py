@@ -1,7 +1,7 @@
 """YOLOv5 ``.pt`` checkpoints -> efyolo checkpoints, read safely (no YOLOv5 import, no pickle code run).
 
-A YOLOv5 (v7.0; older releases alike) checkpoint is ``torch.save`` of a dict whose ``model`` (and ``ema``) is a pickled
-``models.yolo.DetectionModel``:
+A YOLOv5 checkpoint is ``torch.save`` of a dict whose ``model`` (and ``ema``) is a pickled
+``models.yolo.DetectionModel`` (``models.yolo.Model`` before v6.2):
 
     released / strip_optimizer: {epoch: -1, model: DetectionModel (float16), ema: None, optimizer: None, ...}
     train.py last.pt:           {epoch, best_fitness, model, ema, updates, optimizer, opt, git, date}
@@ -13,6 +13,12 @@ same layers under the same names, so they load one to one), ``names``, ``stride`
 ``anchors`` buffer as trained (AutoAnchor may have rewritten it). The weights YOLOv5 itself
 evaluates are taken: ``ema`` when present, else ``model`` (strip_optimizer copies the EMA into
 ``model``, so a released file's ``model`` is its EMA).
+
+Releases differ in what weights alone do not show: before v6.0 Detect decoded with a second anchor
+buffer (``anchor_grid``), and v4.0-v6.1's BottleneckCSP had LeakyReLU(0.1) where v6.2 has SiLU. So
+the file's module tree (classes and settings such as ``eps``, ``stride``, ``negative_slope``) is
+compared with the model efyolo builds, the activations it holds go into the config
+(``activation``, ``csp_activation``), and any other difference is named rather than imported.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class YoloV5Checkpoint:
     has_optimizer: bool
     stored_dtype: str  # "float16" for released / last.pt files
     globals: list[str] = field(default_factory=list)
+    # every submodule: dotted name -> (class name, the settings compared with efyolo's model)
+    layout: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -108,8 +116,8 @@ def read_yolov5(path: str | Path) -> YoloV5Checkpoint:
     stored = module_tree_state(model)  # as saved (float16 for YOLOv5's own files)
     state = {k: v.float() if v.is_floating_point() else v.clone() for k, v in stored.items()}
     detect = _detect_module(model, path)
-    anchors = state.get(f"{_detect_key(model)}anchors")
     stride = vars(detect).get("stride")
+    anchors = _decoding_anchors(state, _detect_key(model), stride)
     ema = top.get("ema") if isinstance(top, dict) else None
     opt = top.get("opt") if isinstance(top, dict) else None
     epoch = top.get("epoch") if isinstance(top, dict) else None
@@ -127,7 +135,51 @@ def read_yolov5(path: str | Path) -> YoloV5Checkpoint:
         has_optimizer=isinstance(top, dict) and isinstance(top.get("optimizer"), dict),
         stored_dtype="/".join(sorted(dtypes)) or "none",
         globals=sorted(policy.seen),
+        layout=_layout(model),
     )
+
+
+def _decoding_anchors(state: dict[str, torch.Tensor], detect_key: str, stride: Any) -> torch.Tensor | None:
+    """The anchors the model decodes with, in grid units, written back to ``state``.
+
+    YOLOv5 before v6.0 kept a second copy, the ``anchor_grid`` buffer ([nl, 1, na, 1, 1, 2], pixels),
+    and decoded box sizes with it (``anchors`` served the loss); AutoAnchor wrote both. efyolo has
+    one buffer, so the grid copy is taken (what the file's model predicted with) and dropped.
+    """
+    anchors = state.get(f"{detect_key}anchors")
+    grid = state.pop(f"{detect_key}anchor_grid", None)
+    if grid is None or anchors is None or not isinstance(stride, torch.Tensor) or grid.numel() != anchors.numel():
+        return anchors
+    anchors = grid.reshape(anchors.shape) / stride.float().view(-1, 1, 1)
+    state[f"{detect_key}anchors"] = anchors
+    return anchors
+
+
+# Module settings that change a layer's output without being weights: compared between the file's
+# modules and the model efyolo builds (check_fits), so that nothing imports silently different.
+COMPARED_SETTINGS = ("stride", "padding", "dilation", "groups", "kernel_size", "eps", "negative_slope",
+                     "approximate", "scale_factor", "mode", "ceil_mode", "count_include_pad")
+
+
+def _layout(model: Placeholder) -> dict[str, tuple[str, dict[str, Any]]]:
+    out = {}
+    for name, module in iter_modules(model):
+        if not name:
+            continue  # the model itself: DetectionModel or the older Model
+        state = vars(module)
+        settings = {k: _plain(state[k]) for k in COMPARED_SETTINGS if k in state and _plain(state[k]) is not None}
+        out[name] = (module._global.rsplit(".", 1)[-1], settings)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A setting as comparable plain data (tuples for lists); None for anything else."""
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return None if any(v is None for v in items) else tuple(items)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return None
 
 
 def _model_entry(top: Any, path: Path, seen: set[str]) -> Placeholder:
@@ -244,12 +296,38 @@ def _names_of(model: Placeholder, cfg: dict[str, Any]) -> list[str]:
 
 
 def efyolo_config(ck: YoloV5Checkpoint) -> dict[str, Any]:
-    """The model config efyolo builds: YOLOv5's dict, anchors as trained (pixels), no YOLOv5-only keys."""
+    """The model config efyolo builds: YOLOv5's dict, anchors as trained (pixels), no YOLOv5-only
+    keys, and the activations the file's modules hold where they are not efyolo's defaults."""
     cfg = {k: v for k, v in ck.yaml.items() if k not in ("ch", "yaml_file")}
+    for key, owner in (("activation", "Conv"), ("csp_activation", "BottleneckCSP")):
+        expr = _uniform_activation(ck.layout, owner)
+        if expr is not None and key not in cfg:
+            cfg[key] = expr
     if ck.anchors is not None and ck.stride and ck.anchors.shape[0] == len(ck.stride):
         px = ck.anchors * torch.tensor(ck.stride).view(-1, 1, 1)
         cfg["anchors"] = [[_clean(v) for v in level.flatten().tolist()] for level in px]
     return cfg
+
+
+def _uniform_activation(layout: dict[str, tuple[str, dict[str, Any]]], owner: str) -> str | None:
+    """``"nn.LeakyReLU(0.1)"`` when every ``<owner>.act`` of the file (Identity aside) is that one
+    non-SiLU activation: a YOLOv5 v3.x model (Hardswish/LeakyReLU Convs), a model trained with a
+    changed ``Conv.default_act``, v4.0-v6.1's BottleneckCSP (LeakyReLU after the concat)."""
+    from efyolo.models.activations import ACTIVATIONS
+
+    kinds = set()
+    for name, (cls, _) in layout.items():
+        parent = layout.get(name.rsplit(".", 1)[0]) if name.endswith(".act") and "." in name else None
+        if parent is None or parent[0] != owner or cls == "Identity":
+            continue
+        slope = layout[name][1].get("negative_slope")
+        kinds.add((cls, slope))
+    if len(kinds) != 1:
+        return None  # none, or mixed: check_fits names any difference
+    (cls, slope), = kinds
+    if cls == "SiLU" or cls not in ACTIVATIONS:
+        return None
+    return f"nn.{cls}({slope})" if slope is not None else f"nn.{cls}()"
 
 
 def _clean(value: float) -> float | int:
@@ -287,9 +365,37 @@ def check_fits(ck: YoloV5Checkpoint) -> None:
     if missing or extra or wrong:
         raise EfyoloError(f"weights file {ck.path}: the YOLOv5 weights do not fit the model its config builds "
                           f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {wrong[:3]})")
+    difference = _first_difference(ck.layout, model)
+    if difference:
+        raise EfyoloError(f"weights file {ck.path}: {difference}; efyolo cannot build this model exactly")
     bad = [k for k, t in ck.state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise EfyoloError(f"weights file {ck.path}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]})")
+
+
+def _first_difference(layout: dict[str, tuple[str, dict[str, Any]]], model: torch.nn.Module) -> str | None:
+    """The first torch module of the file whose class or settings efyolo's model does not share
+    (a YOLOv5 block of another release, an edited activation): weights alone would not show it."""
+    ours = dict(model.named_modules())
+    for name, (cls, settings) in layout.items():
+        module = ours.get(name)
+        if module is None:
+            if cls in ("Identity", "Dropout"):
+                continue  # no computation
+            return f"module {name} ({cls}) has no counterpart in efyolo's model"
+        if type(module).__name__ != cls:
+            return f"module {name} is a {cls} in the file but a {type(module).__name__} in efyolo"
+        for key, value in settings.items():
+            mine = _plain(getattr(module, key, None))
+            if mine is not None and mine != value and not _close(mine, value):
+                return f"module {name} ({cls}) has {key}={value!r} in the file but {mine!r} in efyolo"
+    return None
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-9 * max(1.0, abs(b))
 
 
 def load_yolov5_checkpoint(path: str | Path) -> tuple[dict[str, Any], YoloV5Checkpoint]:
