@@ -6,6 +6,11 @@ seaborn, scipy, requests; never the project venv), from the repository root:
     pip download --no-deps -d /tmp/y5dl yolov5==4.0.14 yolov5==5.0.10 yolov5==6.0.7 yolov5==6.1.9
     nice /work/y5old/bin/python tests/models/yolov5_checkpoints/make_old_checkpoints.py /tmp/y5dl
 
+    # a wider check, not fixtures: every config a release ships (v7.0 needs `ultralytics --no-deps`)
+    nice /work/y5old/bin/python tests/models/yolov5_checkpoints/make_old_checkpoints.py /tmp/y5dl \
+        --all-configs 7.0.14 --out /tmp/y5all --shape 256 256
+    python benchmarks/check_yolov5_releases.py /tmp/y5all
+
 What it does, per release (each in its own process: every release is imported as the top-level
 ``models`` / ``utils`` packages, like a clone of github.com/ultralytics/yolov5 at that tag):
 
@@ -59,6 +64,7 @@ import torch, yaml
 warnings.filterwarnings("ignore")
 os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
 src, cfg_rel, out, width = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+height, breadth = int(sys.argv[5]), int(sys.argv[6])
 sys.path.insert(0, src)
 os.chdir(src)
 torch.set_num_threads(1)
@@ -98,7 +104,7 @@ strip_optimizer(out)
 # the release's own outputs from the stripped file, as its attempt_load (fuse=False) would run it
 m = torch.load(out, map_location="cpu")["model"].float().eval()
 torch.manual_seed(0)
-x = torch.rand(1, 3, 128, 192)
+x = torch.rand(1, 3, height, breadth)
 with torch.no_grad():
     decoded = m(x)[0]
 np.save(out + ".decoded.npy", decoded.numpy())
@@ -124,31 +130,53 @@ def prepare(wheel: Path, dst: Path) -> Path:
     return root
 
 
-def main(wheels: Path) -> None:
+def all_configs(wheels: Path, release: str) -> list[tuple[str, str, str]]:
+    """Every detection YAML a release ships (models/*.yaml, models/hub/*.yaml), for a wider check."""
+    wheel = next(wheels.glob(f"yolov5-{release}-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = sorted(n.removeprefix("yolov5/") for n in z.namelist()
+                       if re.fullmatch(r"yolov5/models/(hub/)?[^/]+\.yaml", n) and not n.endswith("anchors.yaml"))
+    return [(release, n, f"v{release}_{Path(n).stem}") for n in names]
+
+
+def main(wheels: Path, fixtures: list[tuple[str, str, str]], out_dir: Path, shape: tuple[int, int]) -> None:
     import numpy as np
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="efyolo_old_yolov5_"))
     arrays, info = {}, {}
-    for release, cfg_rel, name in FIXTURES:
+    for release, cfg_rel, name in fixtures:
         wheel = next(wheels.glob(f"yolov5-{release}-*.whl"))
         src = work / release
         root = src / "yolov5" if src.exists() else prepare(wheel, src)
-        out = HERE / f"{name}.pt"
-        proc = subprocess.run([sys.executable, "-c", WORKER, str(root), cfg_rel, str(out), str(WIDTH)],
+        out = out_dir / f"{name}.pt"
+        proc = subprocess.run([sys.executable, "-c", WORKER, str(root), cfg_rel, str(out), str(WIDTH), *map(str, shape)],
                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if proc.returncode:
-            sys.exit(f"{release} {cfg_rel}: {proc.stderr[-3000:]}")
+            print(f"{release} {cfg_rel}: YOLOv5 itself failed: {proc.stderr.strip().splitlines()[-1][:300]}")
+            continue
         line = json.loads(proc.stdout.strip().splitlines()[-1])
         arrays[f"{name}/decoded"] = np.load(f"{out}.decoded.npy")
         os.remove(f"{out}.decoded.npy")
-        info[name] = {"release": release, "config": cfg_rel, "parameters": line["params"], "bytes": out.stat().st_size}
+        info[name] = {"release": release, "config": cfg_rel, "parameters": line["params"],
+                      "input": [1, 3, *shape], "bytes": out.stat().st_size}
         print(name, info[name])
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    (HERE / "old_reference.npz").write_bytes(buf.getvalue())
-    (HERE / "old_fixtures.json").write_text(json.dumps(info, indent=1) + "\n")
+    (out_dir / "old_reference.npz").write_bytes(buf.getvalue())
+    (out_dir / "old_fixtures.json").write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/y5dl"))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("wheels", type=Path, nargs="?", default=Path("/tmp/y5dl"), help="folder of yolov5-*.whl")
+    ap.add_argument("--all-configs", metavar="RELEASE",
+                    help="instead of the fixtures: every config of this release (e.g. 7.0.14), to --out")
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--shape", type=int, nargs=2, default=(128, 192), metavar=("H", "W"))
+    args = ap.parse_args()
+    chosen = all_configs(args.wheels, args.all_configs) if args.all_configs else FIXTURES
+    main(args.wheels, chosen, args.out, tuple(args.shape))
