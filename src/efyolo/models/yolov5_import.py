@@ -316,12 +316,10 @@ def _uniform_activation(layout: dict[str, tuple[str, dict[str, Any]]], owner: st
     from efyolo.models.activations import ACTIVATIONS
 
     kinds = set()
-    for name, (cls, _) in layout.items():
+    for name, (cls, settings) in layout.items():
         parent = layout.get(name.rsplit(".", 1)[0]) if name.endswith(".act") and "." in name else None
-        if parent is None or parent[0] != owner or cls == "Identity":
-            continue
-        slope = layout[name][1].get("negative_slope")
-        kinds.add((cls, slope))
+        if parent is not None and parent[0] == owner and cls != "Identity":
+            kinds.add((cls, settings.get("negative_slope")))
     if len(kinds) != 1:
         return None  # none, or mixed: check_fits names any difference
     (cls, slope), = kinds
