@@ -107,14 +107,10 @@ def _accepts(cls: type[nn.Module], keyword: str) -> bool:
         return False
 
 
-def _accepts_default_act(cls: type[nn.Module]) -> bool:
-    return _accepts(cls, "default_act")
-
-
 def _conv_like(cls: type[nn.Module], pass_repeats: bool) -> Builder:
     """Rows whose first argument is the output width: ``[c2, *rest]`` -> ``cls(c1, c2', *rest)``."""
 
-    takes_act = _accepts_default_act(cls)
+    takes_act = _accepts(cls, "default_act")
     takes_csp_act = _accepts(cls, "csp_act")
 
     def build(args: list[Any], n: int, inputs: list[Shape], ctx: BuildContext) -> tuple[nn.Module, Shape]:

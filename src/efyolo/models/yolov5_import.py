@@ -167,8 +167,8 @@ def _layout(model: Placeholder) -> dict[str, tuple[str, dict[str, Any]]]:
         if not name:
             continue  # the model itself: DetectionModel or the older Model
         state = vars(module)
-        settings = {k: _plain(state[k]) for k in COMPARED_SETTINGS if k in state and _plain(state[k]) is not None}
-        out[name] = (module._global.rsplit(".", 1)[-1], settings)
+        plain = {k: _plain(state[k]) for k in COMPARED_SETTINGS if k in state}
+        out[name] = (module._global.rsplit(".", 1)[-1], {k: v for k, v in plain.items() if v is not None})
     return out
 
 
@@ -311,8 +311,8 @@ def efyolo_config(ck: YoloV5Checkpoint) -> dict[str, Any]:
 
 def _uniform_activation(layout: dict[str, tuple[str, dict[str, Any]]], owner: str) -> str | None:
     """``"nn.LeakyReLU(0.1)"`` when every ``<owner>.act`` of the file (Identity aside) is that one
-    non-SiLU activation: a YOLOv5 v3.x model (Hardswish/LeakyReLU Convs), a model trained with a
-    changed ``Conv.default_act``, v4.0-v6.1's BottleneckCSP (LeakyReLU after the concat)."""
+    non-SiLU activation: a model trained with a changed ``Conv.default_act`` (v3.x's Hardswish Convs
+    too, untested), v4.0-v6.1's BottleneckCSP (LeakyReLU after the concat)."""
     from efyolo.models.activations import ACTIVATIONS
 
     kinds = set()
